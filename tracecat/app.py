@@ -1,0 +1,83 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
+from tracecat.auth.integrations.router import router as integrations_router
+from tracecat.config import Settings
+from tracecat.crypto import DecryptionError, Keyring, set_keyring
+from tracecat.db import Database
+from tracecat.exceptions import TracecatError
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
+    """Build the app; `settings.microsoft_redirect_uri` should already be resolved."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        set_keyring(Keyring.from_settings(settings))
+        app.state.settings = settings
+        app.state.db = database or Database.from_settings(settings)
+        app.state.provider = MicrosoftOAuthProvider(settings)
+        try:
+            yield
+        finally:
+            app.state.provider.close()
+            if database is None:
+                await app.state.db.dispose()
+
+    app = FastAPI(title="tracecat-integrations", lifespan=lifespan)
+    app.include_router(integrations_router)
+    _add_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    index_page = resources.files("tracecat.web").joinpath("index.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(index_page)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is `{"detail": ...}` with its status; nothing else reaches the client."""
+
+    @app.exception_handler(TracecatError)
+    async def tracecat_error(_: Request, exc: TracecatError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Drop the offending input from the echo: it may be a secret pasted in the wrong field.
+        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(DecryptionError)
+    async def decryption_error(_: Request, exc: DecryptionError) -> JSONResponse:
+        logger.error("%s", exc)
+        return JSONResponse({"detail": "stored secrets cannot be decrypted: see server log"}, 503)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("Unhandled %s", type(exc).__name__, exc_info=(type(exc), exc, None))
+        return JSONResponse({"detail": "internal error: see the server log"}, 500)

@@ -1,0 +1,158 @@
+"""Integration tables and the API's request/response schemas."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tracecat.auth.models import utcnow
+from tracecat.db import Base, EncryptedText, UTCDateTime
+
+MICROSOFT_TEAMS = "microsoft-teams"
+OAUTH_STATE_LIFETIME = timedelta(minutes=10)
+
+
+class IntegrationStatus(StrEnum):
+    CONNECTED = "connected"
+    EXPIRED = "expired"
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"
+    NOT_CONNECTED = "not_connected"
+
+
+class GrantState(StrEnum):
+    """What is stored; `expired` is derived from the clock, not stored."""
+
+    ACTIVE = "active"
+    REFRESH_FAILING = "refresh_failing"  # passing failures (5xx, timeouts)
+    REVOKED = "revoked"  # Microsoft answered invalid_grant: the user must reconnect
+
+
+class OAuthState(Base):
+    """A pending authorization-code flow: single use, bound to a user and a browser."""
+
+    __tablename__ = "oauth_states"
+
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(64))
+    browser_hash: Mapped[str] = mapped_column(String(64))
+    # MSAL's flow dict holds the PKCE verifier and nonce: a secret until the callback.
+    flow: Mapped[str] = mapped_column(EncryptedText)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    @property
+    def is_expired(self) -> bool:
+        return datetime.now(UTC) >= self.expires_at
+
+
+class UserIntegration(Base):
+    __tablename__ = "user_integrations"
+    __table_args__ = (UniqueConstraint("user_id", "provider"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(64))
+    access_token: Mapped[str] = mapped_column(EncryptedText)
+    refresh_token: Mapped[str | None] = mapped_column(EncryptedText, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    # `metadata` is taken on declarative classes; the column keeps the seed's name.
+    provider_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(32), default=GrantState.ACTIVE)
+    # Bumped on every token write: a writer holding an older version must not overwrite.
+    token_version: Mapped[int] = mapped_column(Integer, default=1)
+    last_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    refresh_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    @property
+    def scopes(self) -> list[str]:
+        return self.scope.split()
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and datetime.now(UTC) >= self.expires_at
+
+    def needs_refresh(self, margin_seconds: int) -> bool:
+        if self.expires_at is None:
+            return False
+        return datetime.now(UTC) + timedelta(seconds=margin_seconds) >= self.expires_at
+
+    @property
+    def public_status(self) -> IntegrationStatus:
+        if self.status == GrantState.REVOKED:
+            return IntegrationStatus.REAUTHORIZATION_REQUIRED
+        if not self.is_expired:
+            return IntegrationStatus.CONNECTED
+        if self.refresh_token and self.status == GrantState.ACTIVE:
+            return IntegrationStatus.CONNECTED
+        return IntegrationStatus.EXPIRED
+
+
+# --- API schemas -------------------------------------------------------------------------
+
+
+class ConnectResponse(BaseModel):
+    auth_url: str
+
+
+class Account(BaseModel):
+    id: str | None = None
+    tenant_id: str | None = None
+    username: str | None = None
+    display_name: str | None = None
+
+
+class IntegrationSummary(BaseModel):
+    provider: str
+    status: IntegrationStatus
+    expires_at: datetime | None
+    scopes: list[str]
+    account: Account | None
+
+    @classmethod
+    def from_integration(cls, integration: UserIntegration) -> IntegrationSummary:
+        return cls(
+            provider=integration.provider,
+            status=integration.public_status,
+            expires_at=integration.expires_at,
+            scopes=integration.scopes,
+            account=Account(**integration.provider_metadata.get("account", {})),
+        )
+
+
+class StatusResponse(IntegrationSummary):
+    connected: bool
+    is_expired: bool
+    last_refreshed_at: datetime | None = None
+    refresh_failures: int = 0
+
+    @classmethod
+    def for_integration(cls, integration: UserIntegration | None) -> StatusResponse:
+        if integration is None:
+            return cls(
+                provider=MICROSOFT_TEAMS,
+                connected=False,
+                status=IntegrationStatus.NOT_CONNECTED,
+                expires_at=None,
+                is_expired=False,
+                scopes=[],
+                account=None,
+            )
+        summary = IntegrationSummary.from_integration(integration)
+        return cls(
+            **summary.model_dump(),
+            connected=summary.status in (IntegrationStatus.CONNECTED, IntegrationStatus.EXPIRED),
+            is_expired=integration.is_expired,
+            last_refreshed_at=integration.last_refreshed_at,
+            refresh_failures=integration.refresh_failures,
+        )

@@ -1,0 +1,330 @@
+"""IntegrationService: connecting, storing and refreshing a user's Microsoft grant.
+
+Refresh guarantees (see `get_access_token`):
+- at most one refresh per grant at a time across every process sharing the database
+  (PostgreSQL: `SELECT ... FOR UPDATE` on the row; SQLite: `BEGIN IMMEDIATE`, the database
+  write lock), and the row is re-read once the lock is held, so a waiter uses the token its
+  neighbour just stored instead of refreshing again;
+- the rotated refresh token is always stored, in the same transaction that held the lock, so
+  an older token is never written over a newer one;
+- `invalid_grant` marks the grant revoked (the user must reconnect); passing failures keep it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from anyio import to_thread
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from tracecat.auth.integrations.microsoft import (
+    MicrosoftOAuthProvider,
+    TokenResult,
+    TransientProviderError,
+)
+from tracecat.auth.integrations.models import (
+    MICROSOFT_TEAMS,
+    OAUTH_STATE_LIFETIME,
+    GrantState,
+    OAuthState,
+    UserIntegration,
+)
+from tracecat.config import Settings, get_settings
+from tracecat.crypto import hash_secret
+from tracecat.db import Database
+from tracecat.exceptions import (
+    CONNECT_HINT,
+    BadRequestError,
+    NotFoundError,
+    ProviderUnavailableError,
+    ReauthorizationRequiredError,
+)
+
+logger = logging.getLogger(__name__)
+
+# Transient refresh failures are retried this many times, with these pauses (seconds).
+REFRESH_RETRY_DELAYS = (0.5, 1.5)
+
+
+class IntegrationService:
+    def __init__(
+        self,
+        session: AsyncSession,
+        settings: Settings | None = None,
+        provider: MicrosoftOAuthProvider | None = None,
+    ) -> None:
+        self.session = session
+        self.settings = settings or get_settings()
+        self._provider = provider
+
+    @classmethod
+    @asynccontextmanager
+    async def with_session(
+        cls, settings: Settings | None = None
+    ) -> AsyncIterator[IntegrationService]:
+        """For scripts and workers: a service with its own database connection.
+
+        Usage::
+
+            async with IntegrationService.with_session() as service:
+                integration = await service.get_user_integration(
+                    user_id=user_id, provider="microsoft-teams"
+                )
+        """
+        settings = settings or get_settings()
+        database = Database.from_settings(settings)
+        provider = MicrosoftOAuthProvider(settings)
+        try:
+            async with database.session() as session:
+                yield cls(session, settings, provider)
+        finally:
+            provider.close()
+            await database.dispose()
+
+    @property
+    def provider(self) -> MicrosoftOAuthProvider:
+        if self._provider is None:
+            self._provider = MicrosoftOAuthProvider(self.settings)
+        return self._provider
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def get_user_integration(
+        self, *, user_id: uuid.UUID | str, provider: str = MICROSOFT_TEAMS
+    ) -> UserIntegration | None:
+        return await self.session.scalar(
+            select(UserIntegration).where(
+                UserIntegration.user_id == _as_uuid(user_id), UserIntegration.provider == provider
+            )
+        )
+
+    async def list_integrations(self, user_id: uuid.UUID) -> list[UserIntegration]:
+        result = await self.session.scalars(
+            select(UserIntegration)
+            .where(UserIntegration.user_id == user_id)
+            .order_by(UserIntegration.provider)
+        )
+        return list(result)
+
+    async def require_integration(self, user_id: uuid.UUID) -> UserIntegration:
+        integration = await self.get_user_integration(user_id=user_id)
+        if integration is None:
+            raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
+        return integration
+
+    # --- connecting -----------------------------------------------------------------------
+
+    async def start_connect(self, user_id: uuid.UUID, browser_id: str) -> str:
+        """Begin the authorization-code flow for a user in one browser; returns the URL to open.
+
+        MSAL's flow dict (PKCE verifier, nonce) stays in the database, encrypted, until the
+        callback; `browser_id` is the secret of the cookie that binds it to this browser.
+        """
+        flow = await to_thread.run_sync(self.provider.initiate, self.settings.redirect_uri())
+        now = datetime.now(UTC)
+        await self.session.execute(delete(OAuthState).where(OAuthState.expires_at < now))
+        self.session.add(
+            OAuthState(
+                state_hash=hash_secret(flow["state"]),
+                user_id=user_id,
+                provider=MICROSOFT_TEAMS,
+                browser_hash=hash_secret(browser_id),
+                flow=json.dumps(flow),
+                expires_at=now + OAUTH_STATE_LIFETIME,
+            )
+        )
+        await self.session.commit()
+        return flow["auth_uri"]
+
+    async def complete_connect(
+        self, params: dict[str, str], browser_id: str | None
+    ) -> UserIntegration:
+        """Finish a flow from Microsoft's redirect: only in the browser that started it, once."""
+        state = params.get("state")
+        if not state:
+            raise BadRequestError("the callback has no state: start again from the connect page")
+        pending = await self._consume_state(state, browser_id)
+        if "error" in params:
+            description = (params.get("error_description") or "").splitlines()
+            reason = description[0] if description else params["error"]
+            raise BadRequestError(f"Microsoft did not grant access ({params['error']}: {reason})")
+        if not params.get("code"):
+            raise BadRequestError("the callback has neither a code nor an error")
+        flow: dict[str, Any] = json.loads(pending.flow)
+        tokens = await to_thread.run_sync(self.provider.complete, flow, params)
+        integration = await self.get_user_integration(user_id=pending.user_id)
+        if integration is None:
+            integration = UserIntegration(user_id=pending.user_id, provider=MICROSOFT_TEAMS)
+            self.session.add(integration)
+            integration.token_version = 0
+        self._store_tokens(integration, tokens)
+        await self.session.commit()
+        logger.info("User %s connected Microsoft account", pending.user_id)
+        return integration
+
+    async def _consume_state(self, state: str, browser_id: str | None) -> OAuthState:
+        state_hash = hash_secret(state)
+        # Delete-returning takes the row exactly once even when two callbacks race.
+        pending = await self.session.scalar(
+            delete(OAuthState)
+            .where(
+                OAuthState.state_hash == state_hash,
+                OAuthState.browser_hash == hash_secret(browser_id or ""),
+            )
+            .returning(OAuthState)
+        )
+        await self.session.commit()
+        if pending is None:
+            if await self.session.get(OAuthState, state_hash) is not None:
+                raise BadRequestError(
+                    "this sign-in was started in another browser: finish it where it started, "
+                    "or see the README on finishing a flow started with curl"
+                )
+            raise BadRequestError("unknown or already used sign-in state: start again")
+        if pending.is_expired:
+            raise BadRequestError("this sign-in expired (10 minutes): start again")
+        return pending
+
+    async def disconnect(self, user_id: uuid.UUID) -> None:
+        result = await self.session.execute(
+            delete(UserIntegration).where(
+                UserIntegration.user_id == user_id, UserIntegration.provider == MICROSOFT_TEAMS
+            )
+        )
+        await self.session.execute(delete(OAuthState).where(OAuthState.user_id == user_id))
+        await self.session.commit()
+        if not result.rowcount:
+            raise NotFoundError("Microsoft Teams is not connected")
+        logger.info("User %s disconnected Microsoft account", user_id)
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    async def get_access_token(self, user_id: uuid.UUID, *, force_refresh: bool = False) -> str:
+        """A usable access token, refreshed first when it is inside the refresh margin.
+
+        `force_refresh` is for a token Graph rejected although we thought it valid.
+        """
+        integration = await self.require_integration(user_id)
+        if integration.status == GrantState.REVOKED:
+            raise ReauthorizationRequiredError(integration.last_error or "refresh refused")
+        margin = self.settings.tracecat_refresh_margin_seconds
+        if not force_refresh and not integration.needs_refresh(margin):
+            return integration.access_token
+        return await self.refresh(integration.id, seen_version=integration.token_version)
+
+    async def refresh(self, integration_id: uuid.UUID, *, seen_version: int | None = None) -> str:
+        """Refresh under the grant's lock; see the module docstring for the guarantees.
+
+        `seen_version` is the token version the caller judged stale: if the row has moved on
+        by the time the lock is held, a neighbour refreshed it and its token is used.
+        """
+        engine = self.session.bind
+        assert isinstance(engine, AsyncEngine)
+        margin = self.settings.tracecat_refresh_margin_seconds
+        async with _locked_session(engine) as session:
+            integration = await session.get(
+                UserIntegration, integration_id, with_for_update=True, populate_existing=True
+            )
+            if integration is None:
+                raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
+            if integration.status == GrantState.REVOKED:
+                raise ReauthorizationRequiredError(integration.last_error or "refresh refused")
+            if seen_version is not None and integration.token_version != seen_version:
+                return integration.access_token
+            if seen_version is None and not integration.needs_refresh(margin):
+                return integration.access_token
+            if not integration.refresh_token:
+                return await self._fail_passing(
+                    session, integration, "no refresh token was granted (offline_access)"
+                )
+            try:
+                tokens = await self._redeem(integration.refresh_token)
+            except ReauthorizationRequiredError as exc:
+                integration.status = GrantState.REVOKED
+                integration.refresh_failures += 1
+                integration.last_error = exc.reason
+                await session.commit()
+                logger.warning("Refresh refused for user %s: reconnect needed", integration.user_id)
+                raise
+            except TransientProviderError as exc:
+                return await self._fail_passing(session, integration, str(exc.detail))
+            self._store_tokens(integration, tokens)
+            await session.commit()
+            logger.info("Refreshed Microsoft token for user %s", integration.user_id)
+            return integration.access_token
+
+    async def _redeem(self, refresh_token: str) -> TokenResult:
+        """Redeem with retries; each retry uses a fresh MSAL app, since the shared one would
+        replay the 5xx it just saw for about 5 seconds without asking Microsoft again."""
+        for attempt, delay in enumerate((*REFRESH_RETRY_DELAYS, None)):
+            try:
+                return await to_thread.run_sync(
+                    functools.partial(self.provider.refresh, refresh_token, fresh_app=attempt > 0)
+                )
+            except TransientProviderError:
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _fail_passing(
+        self, session: AsyncSession, integration: UserIntegration, reason: str
+    ) -> str:
+        """Keep the grant; use the current token while it lasts, else ask to retry later."""
+        integration.refresh_failures += 1
+        integration.status = GrantState.REFRESH_FAILING
+        integration.last_error = reason
+        await session.commit()
+        logger.warning("Refresh failed for user %s: %s", integration.user_id, reason)
+        if not integration.is_expired:
+            return integration.access_token
+        raise ProviderUnavailableError(
+            f"the Microsoft token expired and cannot be renewed right now ({reason}): retry later",
+            retry_after=10,
+        )
+
+    @staticmethod
+    def _store_tokens(integration: UserIntegration, tokens: TokenResult) -> None:
+        integration.access_token = tokens.access_token
+        # Providers may omit a new refresh token; keep the one we have then.
+        integration.refresh_token = tokens.refresh_token or integration.refresh_token
+        integration.expires_at = tokens.expires_at
+        integration.scope = tokens.scope or integration.scope
+        metadata = dict(integration.provider_metadata or {})
+        if tokens.account:
+            metadata["account"] = tokens.account
+        integration.provider_metadata = metadata
+        integration.status = GrantState.ACTIVE
+        integration.refresh_failures = 0
+        integration.last_error = None
+        integration.last_refreshed_at = datetime.now(UTC)
+        integration.token_version = (integration.token_version or 0) + 1
+
+
+@asynccontextmanager
+async def _locked_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A transaction that holds the write lock: FOR UPDATE does it on PostgreSQL; SQLite has
+    no row locks, so its transaction starts with BEGIN IMMEDIATE (see db.py)."""
+    async with engine.connect() as connection:
+        connection = await connection.execution_options(sqlite_begin_immediate=True)
+        async with AsyncSession(bind=connection, expire_on_commit=False) as session:
+            yield session
+            await session.rollback()
+
+
+def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def new_browser_id() -> str:
+    return secrets.token_urlsafe(32)

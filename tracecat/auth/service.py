@@ -1,0 +1,115 @@
+"""Users and their API keys."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from tracecat.auth.models import ApiKey, User
+from tracecat.crypto import hash_secret, new_api_key
+from tracecat.exceptions import AuthenticationError, BadRequestError, ConflictError, NotFoundError
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A user with a key in plaintext: shown once, never stored."""
+
+    user: User
+    api_key: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"id": str(self.user.id), "email": self.user.email, "api_key": self.api_key}
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    local, _, domain = email.partition("@")
+    if not local or "." not in domain or any(c.isspace() for c in email):
+        raise BadRequestError(f"not an email address: {email!r}")
+    return email
+
+
+class UserService:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def create_user(self, email: str) -> IssuedKey:
+        user = User(email=normalize_email(email))
+        self.session.add(user)
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            await self.session.rollback()
+            raise ConflictError(f"a user with email {user.email} already exists") from None
+        issued = await self._issue_key(user)
+        await self.session.commit()
+        return issued
+
+    async def list_users(self) -> list[User]:
+        result = await self.session.scalars(
+            select(User).options(selectinload(User.api_keys)).order_by(User.created_at)
+        )
+        return list(result)
+
+    async def get_by_email(self, email: str) -> User:
+        user = await self.session.scalar(select(User).where(User.email == normalize_email(email)))
+        if user is None:
+            raise NotFoundError(f"no user with email {email}")
+        return user
+
+    async def rotate_key(self, email: str) -> IssuedKey:
+        """Revoke every key of the user and issue one new key."""
+        user = await self.get_by_email(email)
+        await self._revoke_keys(user)
+        issued = await self._issue_key(user)
+        await self.session.commit()
+        return issued
+
+    async def revoke_keys(self, email: str) -> int:
+        user = await self.get_by_email(email)
+        count = await self._revoke_keys(user)
+        await self.session.commit()
+        return count
+
+    async def delete_user(self, email: str) -> None:
+        user = await self.get_by_email(email)
+        await self.session.delete(user)
+        await self.session.commit()
+
+    async def authenticate(self, api_key: str) -> User:
+        """One indexed lookup by hash: cheap enough for every request."""
+        user = await self.session.scalar(
+            select(User)
+            .join(ApiKey)
+            .where(ApiKey.key_hash == hash_secret(api_key), ApiKey.revoked_at.is_(None))
+        )
+        if user is None:
+            raise AuthenticationError("invalid or revoked API key")
+        return user
+
+    async def _issue_key(self, user: User) -> IssuedKey:
+        api_key = new_api_key()
+        self.session.add(ApiKey(user_id=user.id, key_hash=hash_secret(api_key), prefix=api_key[:8]))
+        await self.session.flush()
+        return IssuedKey(user=user, api_key=api_key)
+
+    async def _revoke_keys(self, user: User) -> int:
+        result = await self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        )
+        return result.rowcount or 0
+
+
+def parse_user_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadRequestError(f"not a user id: {value!r}") from None

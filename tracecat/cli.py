@@ -1,0 +1,226 @@
+"""The `tracecat-integrations` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from tracecat.config import Settings, SettingsError, get_settings
+from tracecat.exceptions import TracecatError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Per-user Microsoft Teams integrations over OAuth 2.0.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_app = typer.Typer(help="Users and their API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption keys for secrets at rest.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+        raise
+
+
+def _with_database(operation: Callable[[Any], Awaitable[T]]) -> T:
+    """Bring the schema up to date, then run `operation(session)` and report errors in a line."""
+    from tracecat.db import Database, upgrade_schema
+
+    settings = _settings()
+    try:
+        upgrade_schema(settings.database_url_or_default)
+
+        async def run() -> T:
+            database = Database.from_settings(settings)
+            try:
+                async with database.session() as session:
+                    return await operation(session)
+            finally:
+                await database.dispose()
+
+        return asyncio.run(run())
+    except (SettingsError, TracecatError) as exc:
+        _fail(str(exc), 2 if isinstance(exc, SettingsError) else 1)
+        raise
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    emulator: Annotated[
+        bool, typer.Option("--emulator", help="Use the built-in offline Microsoft emulator.")
+    ] = False,
+) -> None:
+    """Run the API (and, with --emulator, a local stand-in for Microsoft)."""
+    import uvicorn
+
+    from tracecat.app import create_app
+    from tracecat.crypto import Keyring
+    from tracecat.db import upgrade_schema
+    from tracecat.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.tracecat_log_level)
+    server = None
+    try:
+        Keyring.from_settings(settings)
+        if emulator:
+            from tracecat.emulator.server import EmulatorServer
+
+            server = EmulatorServer(settings.data_dir)
+            server.start()
+            settings = settings.model_copy(
+                update={
+                    "microsoft_authority_host": server.authority_host,
+                    "microsoft_graph_url": server.graph_url,
+                    "microsoft_ca_bundle": server.ca_bundle,
+                    "microsoft_client_id": server.client_id,
+                    "microsoft_client_secret": server.client_secret,
+                }
+            )
+        else:
+            settings.require_microsoft_app()
+        public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        settings = settings.model_copy(
+            update={"microsoft_redirect_uri": settings.redirect_uri(public_host, port)}
+        )
+        typer.echo("Bringing the database schema up to date ...")
+        upgrade_schema(settings.database_url_or_default)
+    except SettingsError as exc:
+        if server:
+            server.stop()
+        _fail(str(exc), 2)
+    where = f"http://{public_host}:{port}"
+    if server:
+        typer.echo(f"Microsoft emulator: login and Graph at {server.authority_host} (offline)")
+    typer.echo(
+        f"Open {where}/ and paste an API key from `tracecat-integrations users create EMAIL`."
+    )
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    finally:
+        if server:
+            server.stop()
+
+
+@app.command("emulator")
+def run_emulator_command(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTPS port (login token endpoint, Graph).")] = 8443,
+    http_port: Annotated[int, typer.Option(help="Plain HTTP port (browser sign-in page).")] = 8080,
+) -> None:
+    """Run only the Microsoft emulator, for other processes to share."""
+    from tracecat.emulator.server import run_emulator
+
+    run_emulator(_settings().data_dir, host, port, http_port)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration (alembic upgrade head)."""
+
+    async def done(_: Any) -> None:
+        return None
+
+    _with_database(done)
+    typer.echo("Database schema is up to date.")
+
+
+@users_app.command("create")
+def users_create(email: str) -> None:
+    """Create a user and print its API key (shown once; only its hash is stored)."""
+    from tracecat.auth.service import UserService
+
+    issued = _with_database(lambda session: UserService(session).create_user(email))
+    typer.echo("Keep this API key now: it is not shown again.", err=True)
+    typer.echo(json.dumps(issued.as_json()))
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users and their keys (prefixes only)."""
+    from tracecat.auth.service import UserService
+
+    users = _with_database(lambda session: UserService(session).list_users())
+    for user in users:
+        active = [k.prefix + "…" for k in user.api_keys if k.revoked_at is None]
+        typer.echo(f"{user.id}  {user.email}  keys: {', '.join(active) or 'none'}")
+
+
+@users_app.command("rotate-key")
+def users_rotate_key(email: str) -> None:
+    """Revoke the user's keys and print a new one."""
+    from tracecat.auth.service import UserService
+
+    issued = _with_database(lambda session: UserService(session).rotate_key(email))
+    typer.echo("Previous keys are revoked. Keep this API key now: it is not shown again.", err=True)
+    typer.echo(json.dumps(issued.as_json()))
+
+
+@users_app.command("revoke-keys")
+def users_revoke_keys(email: str) -> None:
+    """Revoke every API key of the user."""
+    from tracecat.auth.service import UserService
+
+    count = _with_database(lambda session: UserService(session).revoke_keys(email))
+    typer.echo(f"Revoked {count} key(s) of {email}.")
+
+
+@users_app.command("delete")
+def users_delete(email: str) -> None:
+    """Delete a user with its keys and integrations."""
+    from tracecat.auth.service import UserService
+
+    _with_database(lambda session: UserService(session).delete_user(email))
+    typer.echo(f"Deleted {email}.")
+
+
+@keys_app.command("generate")
+def keys_generate() -> None:
+    """Print a new encryption key for TRACECAT_ENCRYPTION_KEYS."""
+    from tracecat.crypto import generate_key
+
+    typer.echo(generate_key())
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret with the first key of TRACECAT_ENCRYPTION_KEYS."""
+    from tracecat.crypto import DecryptionError, Keyring, set_keyring
+    from tracecat.db import reencrypt_all
+
+    settings = _settings()
+    if not settings.tracecat_encryption_keys:
+        _fail("TRACECAT_ENCRYPTION_KEYS is not set: put the new key first, then the old ones", 2)
+    try:
+        set_keyring(Keyring.from_settings(settings))
+        count = _with_database(lambda session: reencrypt_all(session.bind))
+    except DecryptionError as exc:
+        _fail(str(exc))
+    typer.echo(f"Re-encrypted {count} secret(s) with the first key; older keys can now be removed.")
+
+
+def main() -> None:  # pragma: no cover - for `python -m tracecat.cli`
+    app(prog_name="tracecat-integrations")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Database engines and sessions.
+
+DATABASE_URL takes the plain forms users know (`sqlite:///path`, `postgresql://...`); the async
+drivers are this module's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import DateTime, LargeBinary, MetaData, TypeDecorator, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase
+
+from tracecat.config import Settings, SettingsError
+from tracecat.crypto import get_keyring
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class EncryptedText(TypeDecorator[str]):
+    """Plaintext in Python, a Fernet token on disk, with the process keyring."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: object) -> bytes | None:
+        return None if value is None else get_keyring().encrypt(value)
+
+    def process_result_value(self, value: bytes | None, dialect: object) -> str | None:
+        return None if value is None else get_keyring().decrypt(bytes(value))
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: use datetime.now(UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def async_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise SettingsError(
+            f"DATABASE_URL: cannot parse {url.split('@')[-1]!r}: "
+            "use sqlite:///path or postgresql://user@host:port/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgres":
+        backend = "postgresql"
+    if backend not in _ASYNC_DRIVERS:
+        raise SettingsError(
+            f"DATABASE_URL: {backend!r} is not supported: use sqlite:/// or postgresql://"
+        )
+    return parsed.set(drivername=_ASYNC_DRIVERS[backend])
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    parsed = async_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(parsed, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        return engine
+    return create_async_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # pysqlite's own transaction handling is off (see _sqlite_pragmas), so SQLAlchemy emits
+    # BEGIN itself; a connection that asks for it takes the write lock up front, the
+    # SQLite stand-in for a row lock.
+    immediate = connection.get_execution_options().get("sqlite_begin_immediate")
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Database:
+    """One engine and session factory per process (or per app under test)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(settings.database_url_or_default)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker() as session:
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def upgrade_schema(url: str) -> None:
+    """Alembic `upgrade head`; safe to call on every start."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "tracecat:migrations")
+    config.attributes["database_url"] = url
+    command.upgrade(config, "head")
+
+
+def run_upgrade_schema(url: str) -> None:
+    """Upgrade from synchronous code that may itself be inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        upgrade_schema(url)
+        return
+    import threading
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            upgrade_schema(url)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+async def reencrypt_all(engine: AsyncEngine) -> int:
+    """Re-encrypt every EncryptedText value under the keyring's first key, in one transaction.
+
+    Works on the raw ciphertext, table by table, so it needs no knowledge of the models.
+    """
+    from sqlalchemy import LargeBinary as Raw
+    from sqlalchemy import column, select, table, update
+
+    keyring = get_keyring()
+    count = 0
+    async with engine.begin() as connection:
+        for model_table in Base.metadata.sorted_tables:
+            encrypted = [c.name for c in model_table.columns if isinstance(c.type, EncryptedText)]
+            if not encrypted:
+                continue
+            keys = [c.name for c in model_table.primary_key.columns]
+            raw = table(
+                model_table.name, *(column(n, Raw) for n in encrypted), *(column(k) for k in keys)
+            )
+            rows = (await connection.execute(select(raw))).mappings().all()
+            for row in rows:
+                values = {n: keyring.rotate(bytes(row[n])) for n in encrypted if row[n] is not None}
+                if values:
+                    where = [raw.c[k] == row[k] for k in keys]
+                    await connection.execute(update(raw).where(*where).values(**values))
+                    count += len(values)
+    return count

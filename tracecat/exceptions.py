@@ -1,0 +1,100 @@
+"""Errors that reach users, each carrying its HTTP status and a message that says what to do.
+
+TracecatError
+├── BadRequestError               400  bad input, forged/expired/replayed OAuth state
+├── AuthenticationError           401  missing or unknown API key
+├── ReauthorizationRequiredError  401  Microsoft refused the grant: reconnect
+├── ForbiddenError                403  e.g. a scope the user never granted
+├── NotFoundError                 404  not connected, unknown user
+├── ConflictError                 409
+├── UpstreamError                 502  Microsoft answered something we cannot use
+├── ProviderUnavailableError      503  Microsoft is unreachable or failing for now (Retry-After)
+└── GraphError                    Graph's own status, code, message and request id
+    └── DeliveryUnknownError      504  a send timed out: it may or may not have been posted
+
+No message ever contains a token, a key or the client secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONNECT_HINT = "connect again at GET /auth/integrations/microsoft/connect"
+
+
+class TracecatError(Exception):
+    status_code = 500
+    headers: dict[str, str] | None = None
+
+    def __init__(self, detail: Any) -> None:
+        super().__init__(detail if isinstance(detail, str) else repr(detail))
+        self.detail = detail
+
+
+class BadRequestError(TracecatError):
+    status_code = 400
+
+
+class AuthenticationError(TracecatError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class ReauthorizationRequiredError(TracecatError):
+    status_code = 401
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Microsoft no longer accepts this connection ({reason}): {CONNECT_HINT}")
+        self.reason = reason
+
+
+class ForbiddenError(TracecatError):
+    status_code = 403
+
+
+class NotFoundError(TracecatError):
+    status_code = 404
+
+
+class ConflictError(TracecatError):
+    status_code = 409
+
+
+class UpstreamError(TracecatError):
+    status_code = 502
+
+
+class ProviderUnavailableError(TracecatError):
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after: int = 5) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class GraphError(TracecatError):
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        request_id: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__({"code": code, "message": message, "request_id": request_id})
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        if retry_after is not None:
+            self.headers = {"Retry-After": str(retry_after)}
+
+
+class DeliveryUnknownError(GraphError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            504,
+            "DeliveryUnknown",
+            f"{reason}: the message may or may not have been posted, so it was not resent. "
+            "Check the channel before sending it again.",
+        )

@@ -1,0 +1,30 @@
+"""Logging set-up: plain lines, no secrets.
+
+Microsoft's redirect carries the authorization code in the query string, so access-log lines
+drop query strings altogether; MSAL and httpx are kept quiet below WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+
+
+class _DropQueryString(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn.access args: (client, method, path_with_query, http_version, status)
+        if isinstance(record.args, tuple) and len(record.args) == 5:
+            args = list(record.args)
+            args[2] = str(args[2]).split("?", 1)[0]
+            record.args = tuple(args)
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    for noisy in ("msal", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _DropQueryString) for f in access.filters):
+        access.addFilter(_DropQueryString())
