@@ -1,0 +1,107 @@
+"""One real emulator for the whole session; each test starts from a reset state."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import msal
+import pytest
+
+from tracecat.emulator.constants import TENANT_DOMAIN
+from tracecat.emulator.server import EmulatorServer
+
+GRAPH = "https://graph.microsoft.com"
+ALL_SCOPES = [
+    f"{GRAPH}/User.Read",
+    f"{GRAPH}/Team.ReadBasic.All",
+    f"{GRAPH}/Channel.ReadBasic.All",
+    f"{GRAPH}/ChannelMessage.Read.All",
+    f"{GRAPH}/ChannelMessage.Send",
+]
+ALICE = f"alice@{TENANT_DOMAIN}"
+BOB = f"bob@{TENANT_DOMAIN}"
+REDIRECT_URI = "http://localhost:8400/auth/callback"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("microsoft-emulator")
+
+
+@pytest.fixture(scope="session")
+def emulator(data_dir: Path) -> Iterator[EmulatorServer]:
+    with EmulatorServer(data_dir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tls(emulator: EmulatorServer) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(emulator.ca_bundle))
+
+
+@pytest.fixture
+def http(emulator: EmulatorServer, tls: ssl.SSLContext) -> Iterator[httpx.Client]:
+    """A client trusting only the emulator's CA; the state is reset before each test."""
+    with httpx.Client(verify=tls, timeout=10) as client:
+        client.post(f"{emulator.authority_host}/_emulator/reset").raise_for_status()
+        yield client
+
+
+@pytest.fixture
+def control(emulator: EmulatorServer, http: httpx.Client) -> Callable[..., httpx.Response]:
+    """Call the control API: control("PATCH", "/config", json={...})."""
+
+    def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = http.request(method, f"{emulator.authority_host}/_emulator{path}", **kwargs)
+        assert response.status_code < 400, response.text
+        return response
+
+    return call
+
+
+@pytest.fixture
+def msal_app(emulator: EmulatorServer, http: httpx.Client) -> msal.ConfidentialClientApplication:
+    return msal.ConfidentialClientApplication(
+        emulator.client_id,
+        client_credential=emulator.client_secret,
+        authority=f"{emulator.authority_host}/common",
+        instance_discovery=False,
+        http_client=http,
+    )
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(urlsplit(url).query).items()}
+
+
+@pytest.fixture
+def browse() -> Iterator[httpx.Client]:
+    """What a person's browser does: plain HTTP to the loopback listener, no redirects followed."""
+    with httpx.Client(follow_redirects=False, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def sign_in(
+    msal_app: msal.ConfidentialClientApplication, browse: httpx.Client
+) -> Callable[..., dict[str, Any]]:
+    """The whole auth code flow through MSAL, the browser step done with login_hint."""
+
+    def run(email: str = ALICE, scopes: list[str] | None = None) -> dict[str, Any]:
+        flow = msal_app.initiate_auth_code_flow(
+            scopes or ALL_SCOPES, redirect_uri=REDIRECT_URI, login_hint=email
+        )
+        response = browse.get(flow["auth_uri"])
+        assert response.status_code == 302, response.text
+        result = msal_app.acquire_token_by_auth_code_flow(
+            flow, query_of(response.headers["location"])
+        )
+        assert "access_token" in result, result
+        return result
+
+    return run

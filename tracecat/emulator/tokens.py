@@ -1,0 +1,110 @@
+"""Minting the token response: access token, id token, refresh token and client_info."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import uuid
+from typing import Any
+
+from tracecat.emulator.constants import GRAPH_RESOURCE
+from tracecat.emulator.scopes import ScopeSet
+from tracecat.emulator.state import AppRegistration, EmulatorState, User
+
+ID_TOKEN_LIFETIME = 3600
+
+
+def issuer(https_base: str, tenant_id: str) -> str:
+    return f"{https_base}/{tenant_id}/v2.0"
+
+
+def _b64url_json(value: dict[str, str]) -> str:
+    raw = json.dumps(value, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def pairwise_subject(user: User, audience: str) -> str:
+    # Entra's `sub` is pairwise: stable per user and app, different across apps.
+    digest = hashlib.sha256(f"{user.oid}/{audience}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()[:43]
+
+
+def issue_token_response(
+    state: EmulatorState,
+    https_base: str,
+    app: AppRegistration,
+    user: User,
+    scopes: ScopeSet,
+    *,
+    consented: tuple[str, ...],
+    nonce: str | None,
+    include_id_token: bool,
+    include_refresh_token: bool,
+    client_info: bool,
+) -> dict[str, Any]:
+    now = time.time()
+    iat = int(now)
+    lifetime = state.config.access_token_lifetime
+    iss = issuer(https_base, state.tenant_id)
+    granted = scopes.granted()
+    jti = str(uuid.uuid4())
+    access_claims = {
+        "aud": GRAPH_RESOURCE,
+        "iss": iss,
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + lifetime,
+        "jti": jti,
+        "uti": jti,
+        "ver": "2.0",
+        "tid": state.tenant_id,
+        "oid": user.oid,
+        "sub": pairwise_subject(user, GRAPH_RESOURCE),
+        "upn": user.email,
+        "unique_name": user.email,
+        "preferred_username": user.email,
+        "name": user.display_name,
+        "given_name": user.given_name,
+        "family_name": user.surname,
+        "scp": granted,
+        "appid": app.client_id,
+        "azp": app.client_id,
+        "app_displayname": app.display_name,
+        "appidacr": "1",
+        "idtyp": "user",
+    }
+    state.record_access_token(jti, user.email, app.client_id, now)
+    body: dict[str, Any] = {
+        "token_type": "Bearer",
+        "scope": granted,
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": state.signing_key.sign(access_claims),
+    }
+    if include_refresh_token:
+        body["refresh_token"] = state.add_refresh_token(app.client_id, user.email, consented)
+    if include_id_token:
+        id_claims: dict[str, Any] = {
+            "aud": app.client_id,
+            "iss": iss,
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + ID_TOKEN_LIFETIME,
+            "sub": pairwise_subject(user, app.client_id),
+            "oid": user.oid,
+            "tid": state.tenant_id,
+            "preferred_username": user.email,
+            "name": user.display_name,
+            "uti": str(uuid.uuid4()),
+            "ver": "2.0",
+        }
+        if "email" in scopes.oidc:
+            id_claims["email"] = user.email
+        if nonce:
+            id_claims["nonce"] = nonce
+        body["id_token"] = state.signing_key.sign(id_claims)
+    if client_info:
+        body["client_info"] = _b64url_json({"uid": user.oid, "utid": state.tenant_id})
+    return body
