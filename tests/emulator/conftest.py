@@ -6,26 +6,13 @@ import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import msal
 import pytest
+from emulator_support import ALICE, ALL_SCOPES, REDIRECT_URI, query_of
 
-from tracecat.emulator.constants import TENANT_DOMAIN
 from tracecat.emulator.server import EmulatorServer
-
-GRAPH = "https://graph.microsoft.com"
-ALL_SCOPES = [
-    f"{GRAPH}/User.Read",
-    f"{GRAPH}/Team.ReadBasic.All",
-    f"{GRAPH}/Channel.ReadBasic.All",
-    f"{GRAPH}/ChannelMessage.Read.All",
-    f"{GRAPH}/ChannelMessage.Send",
-]
-ALICE = f"alice@{TENANT_DOMAIN}"
-BOB = f"bob@{TENANT_DOMAIN}"
-REDIRECT_URI = "http://localhost:8400/auth/callback"
 
 
 @pytest.fixture(scope="session")
@@ -73,10 +60,6 @@ def msal_app(emulator: EmulatorServer, http: httpx.Client) -> msal.ConfidentialC
         instance_discovery=False,
         http_client=http,
     )
-
-
-def query_of(url: str) -> dict[str, str]:
-    return {key: values[0] for key, values in parse_qs(urlsplit(url).query).items()}
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import httpx
 import jwt
 import msal
 import pytest
-from conftest import ALICE, ALL_SCOPES, BOB, GRAPH, REDIRECT_URI, query_of
+from emulator_support import ALICE, ALL_SCOPES, BOB, GRAPH, REDIRECT_URI, query_of
 
 from tracecat.emulator.constants import TENANT_DOMAIN, TENANT_ID
 from tracecat.emulator.server import EmulatorServer
