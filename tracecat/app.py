@@ -18,6 +18,7 @@ from tracecat.config import Settings
 from tracecat.crypto import DecryptionError, Keyring, set_keyring
 from tracecat.db import Database
 from tracecat.exceptions import TracecatError
+from tracecat.logs import redact_access_log
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         set_keyring(Keyring.from_settings(settings))
+        redact_access_log()
         app.state.settings = settings
         app.state.db = database or Database.from_settings(settings)
         app.state.provider = MicrosoftOAuthProvider(settings)

@@ -25,6 +25,10 @@ def configure_logging(level: str = "INFO") -> None:
     )
     for noisy in ("msal", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    redact_access_log()
+
+
+def redact_access_log() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, _DropQueryString) for f in access.filters):
         access.addFilter(_DropQueryString())

@@ -1,0 +1,89 @@
+"""Secrets at rest and in logs: nothing a database dump or a log file reader could reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import Api
+from tests.utils.flows import connect, sign_in, start_connect
+from tracecat.auth.integrations.service import IntegrationService
+
+
+def _stored_tokens(api: Api, user_id: str) -> tuple[str, str]:
+    async def read() -> tuple[str, str]:
+        async with IntegrationService.with_session(api.settings) as service:
+            integration = await service.get_user_integration(user_id=user_id)
+            assert integration is not None
+            return integration.access_token, integration.refresh_token
+
+    return asyncio.run(read())
+
+
+def _raw_dump(api: Api) -> bytes:
+    """Every byte a database dump would hold."""
+    url = api.database_url
+    if url.startswith("sqlite"):
+        path = Path(url.removeprefix("sqlite:///"))
+        connection = sqlite3.connect(path)
+        connection.execute("PRAGMA wal_checkpoint(FULL)")
+        connection.close()
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+    async def dump() -> bytes:
+        connection = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
+        try:
+            chunks = []
+            for table in ("users", "api_keys", "oauth_states", "user_integrations"):
+                for row in await connection.fetch(f"SELECT * FROM {table}"):
+                    chunks.append(repr(tuple(row)).encode())
+                    chunks.extend(
+                        bytes(v) for v in row.values() if isinstance(v, bytes | memoryview)
+                    )
+            return b"\n".join(chunks)
+        finally:
+            await connection.close()
+
+    return asyncio.run(dump())
+
+
+def test_database_holds_no_token_or_key(api: Api) -> None:
+    user = api.user("analyst@example.com")
+    with api.browser() as browser:
+        # A pending flow too: its PKCE verifier is a secret until the callback.
+        pending_auth_url = start_connect(browser, api.url, user)
+        connect(browser, api.url, user, "alice@contoso.example")
+    access_token, refresh_token = _stored_tokens(api, user.id)
+    assert access_token and refresh_token
+    dump = _raw_dump(api)
+    assert b"alice@contoso.example" in dump  # the dump is real: it sees the account metadata
+    for secret in (access_token, refresh_token, user.api_key, api.settings.microsoft_client_secret):
+        assert secret.encode() not in dump
+    assert pending_auth_url
+
+
+def test_no_secret_in_logs(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    user = api.user("analyst@example.com")
+    with api.browser() as browser:
+        callback_url = sign_in(start_connect(browser, api.url, user), "alice@contoso.example")
+        assert browser.get(callback_url).status_code == 200
+        browser.get("/auth/integrations/microsoft/status", headers=user.headers)
+        browser.get(callback_url)  # a replay, to log a refusal too
+    access_token, refresh_token = _stored_tokens(api, user.id)
+    code = callback_url.split("code=", 1)[1].split("&", 1)[0]
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "GET /auth/integrations/microsoft/callback" in text  # access lines were captured
+    for secret in (
+        access_token,
+        refresh_token,
+        user.api_key,
+        api.settings.microsoft_client_secret,
+        code,
+    ):
+        assert secret not in text

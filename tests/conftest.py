@@ -1,0 +1,131 @@
+"""Shared fixtures: a real emulator, real databases (SQLite and PostgreSQL), a real app server.
+
+Every test that touches storage runs once per database (`backend` parameter). Tables are
+emptied after each test, so each starts on a clean database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tests.utils.flows import ApiUser, create_user
+from tests.utils.server import LiveServer, free_port
+from tracecat.app import create_app
+from tracecat.config import Settings
+from tracecat.crypto import generate_key
+from tracecat.db import Base, Database, upgrade_schema
+from tracecat.emulator.server import EmulatorServer
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
+ENCRYPTION_KEY = generate_key()
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServer]:
+    server = EmulatorServer(tmp_path_factory.mktemp("emulator"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _run(statement: str, url: str) -> None:
+    async def execute() -> None:
+        database = Database(url)
+        try:
+            if url.startswith("postgresql"):  # CREATE DATABASE cannot run in a transaction
+                async with database.engine.connect() as connection:
+                    connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                    await connection.execute(text(statement))
+            else:
+                async with database.engine.begin() as connection:
+                    await connection.execute(text(statement))
+        finally:
+            await database.dispose()
+
+    asyncio.run(execute())
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'tracecat.db'}"
+        return
+    name = f"tracecat_test_{uuid.uuid4().hex[:12]}"
+    _run(f'CREATE DATABASE "{name}"', POSTGRES_ADMIN_URL)
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    _run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', POSTGRES_ADMIN_URL)
+
+
+def make_settings(
+    emulator: EmulatorServer, database_url: str, data_dir: Path, port: int, **extra: object
+) -> Settings:
+    values: dict[str, object] = {
+        "microsoft_client_id": emulator.client_id,
+        "microsoft_client_secret": emulator.client_secret,
+        "microsoft_authority_host": emulator.authority_host,
+        "microsoft_graph_url": emulator.graph_url,
+        "microsoft_ca_bundle": emulator.ca_bundle,
+        "microsoft_redirect_uri": f"http://127.0.0.1:{port}/auth/integrations/microsoft/callback",
+        "database_url": database_url,
+        "tracecat_data_dir": data_dir,
+        "tracecat_encryption_keys": [ENCRYPTION_KEY],
+        "tracecat_refresh_interval_seconds": 0,
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+@dataclass
+class Api:
+    """A running app on one database, with the emulator it talks to."""
+
+    url: str
+    database_url: str
+    settings: Settings
+    emulator: EmulatorServer
+
+    def user(self, email: str) -> ApiUser:
+        return create_user(self.database_url, email)
+
+    def browser(self) -> httpx.Client:
+        """A fresh browser: its own cookie jar."""
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def api_server(
+    emulator: EmulatorServer, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    upgrade_schema(database_url)
+    port = free_port()
+    settings = make_settings(emulator, database_url, tmp_path_factory.mktemp("data"), port)
+    server = LiveServer(create_app(settings), port=port).start()
+    yield Api(server.url, database_url, settings, emulator)
+    server.stop()
+
+
+def truncate_all(database_url: str) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    if database_url.startswith("postgresql"):
+        _run(f"TRUNCATE {', '.join(tables)} CASCADE", database_url)
+    else:
+        for table in tables:
+            _run(f"DELETE FROM {table}", database_url)
+
+
+@pytest.fixture
+def api(api_server: Api) -> Iterator[Api]:
+    yield api_server
+    truncate_all(api_server.database_url)
+    httpx.post(f"{api_server.emulator.http_url}/_emulator/reset").raise_for_status()

@@ -1,0 +1,108 @@
+"""A newcomer's first run: `serve --emulator` with no settings, then connect from the page at /
+in a real Chromium (Debian's, driven by Playwright), with no certificate warning on the way."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.test_cli import CLI, run_cli
+from tests.utils.server import free_port
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def emulator_service(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """`tracecat-integrations serve --emulator` exactly as the README starts it: no settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MICROSOFT_", "TRACECAT_", "DATABASE_URL"))
+    }
+    env["TRACECAT_DATA_DIR"] = str(tmp_path / "data")
+    port = free_port()
+    process = subprocess.Popen(
+        [CLI, "serve", "--emulator", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve --emulator did not start:\n{process.stdout.read()}")
+            time.sleep(0.2)
+        yield url, {"TRACECAT_DATA_DIR": env["TRACECAT_DATA_DIR"]}
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS
+        )
+        context = browser.new_context()  # no ignore_https_errors: an untrusted certificate fails
+        yield context.new_page()
+        browser.close()
+
+
+def test_newcomer_connects_from_the_page(
+    emulator_service: tuple[str, dict[str, str]], page: Page
+) -> None:
+    url, env = emulator_service
+    created = run_cli("users", "create", "newcomer@example.com", env=env)
+    api_key = json.loads(created.stdout.strip().splitlines()[-1])["api_key"]
+
+    page.goto(f"{url}/")
+    page.fill("#api-key", api_key)
+    page.click("#refresh")
+    page.wait_for_selector("#status:has-text('not_connected')")
+
+    page.click("#connect")
+    page.wait_for_selector("text=Pick an account")  # the emulator's sign-in page
+    page.fill("#email", "newcomer@contoso.example")
+    page.click("button[value=signin]")
+    page.wait_for_selector("text=Microsoft Teams connected")
+    assert "newcomer@contoso.example" in page.content()
+
+    page.goto(f"{url}/")
+    page.click("#refresh")
+    page.wait_for_selector("#status:has-text('Status: connected')")
+    assert "newcomer@contoso.example" in page.inner_text("#status")
+
+    # The same connection through the API.
+    status = httpx.get(
+        f"{url}/auth/integrations/microsoft/status", headers={"Authorization": f"Bearer {api_key}"}
+    ).json()
+    assert status["connected"] is True
+    assert status["account"]["username"] == "newcomer@contoso.example"
+
+    page.click("#disconnect")
+    page.wait_for_selector("#status:has-text('Disconnected')")
