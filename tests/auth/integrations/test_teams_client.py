@@ -6,21 +6,28 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import msal
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from tests.utils.server import LiveServer
 from tracecat.auth.integrations.microsoft import MicrosoftTeamsClient
-from tracecat.auth.integrations.pacing import InProcessPacer
+from tracecat.auth.integrations.pacing import InProcessPacer, RedisPacer
 from tracecat.auth.integrations.schemas import ChatMessage, Mention
 from tracecat.config import Settings
+from tracecat.emulator.constants import DEMO_APP_SCOPES, DEMO_USERS, GRAPH_RESOURCE
+from tracecat.emulator.demo_data import JOINED_TEAMS
+from tracecat.emulator.server import EmulatorServer
 from tracecat.exceptions import DeliveryUnknownError, GraphError
 
 TOKEN = "stand-in-secret-token"
@@ -538,3 +545,141 @@ async def test_unpaced_burst_would_be_throttled(client: MicrosoftTeamsClient, gr
     )
     assert graph.throttled > 0
     assert len(graph.messages[CHANNEL]) + sum(isinstance(r, GraphError) for r in results) == 6
+
+
+# -- against the Microsoft emulator ----------------------------------------------------------
+
+
+@dataclass
+class EmulatedTeams:
+    emulator: EmulatorServer
+    token: str
+    settings: Settings
+    control: httpx.Client
+
+    def client(self, **options: Any) -> MicrosoftTeamsClient:
+        return MicrosoftTeamsClient(self.token, settings=self.settings, **options)
+
+    def stored_messages(self) -> list[dict[str, Any]]:
+        return self.control.get("/messages").json()["messages"]
+
+    def stats(self) -> dict[str, Any]:
+        return self.control.get("/stats").json()
+
+
+def sign_in(emulator: EmulatorServer, email: str) -> str:
+    """The auth code flow through MSAL, the browser step answered by login_hint."""
+    tls = ssl.create_default_context(cafile=str(emulator.ca_bundle))
+    with httpx.Client(verify=tls, timeout=10) as http:
+        app = msal.ConfidentialClientApplication(
+            emulator.client_id,
+            client_credential=emulator.client_secret,
+            authority=f"{emulator.authority_host}/common",
+            instance_discovery=False,
+            http_client=http,
+        )
+        scopes = [f"{GRAPH_RESOURCE}/{scope}" for scope in DEMO_APP_SCOPES]
+        redirect_uri = "http://localhost:8400/auth/callback"
+        flow = app.initiate_auth_code_flow(scopes, redirect_uri=redirect_uri, login_hint=email)
+        location = httpx.get(flow["auth_uri"], follow_redirects=False).headers["location"]
+        params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+        result = app.acquire_token_by_auth_code_flow(flow, params)
+    assert "access_token" in result, result
+    return result["access_token"]
+
+
+@pytest.fixture
+def emulated(emulator: EmulatorServer) -> Iterator[EmulatedTeams]:
+    with httpx.Client(base_url=f"{emulator.http_url}/_emulator", timeout=10) as control:
+        control.post("/reset").raise_for_status()
+        settings = Settings(
+            microsoft_graph_url=emulator.graph_url, microsoft_ca_bundle=emulator.ca_bundle
+        )
+        yield EmulatedTeams(emulator, sign_in(emulator, DEMO_USERS[0]), settings, control)
+
+
+async def test_emulator_teams_and_channels_across_pages(emulated: EmulatedTeams):
+    teams = await emulated.client().get_user_teams()
+    assert sorted(t.display_name for t in teams) == sorted(name for name, _, _ in JOINED_TEAMS)
+    assert emulated.stats()["graph_requests"]  # served by the emulator, over TLS
+    security = next(t for t in teams if t.display_name == "Security Operations")
+    channels = await emulated.client().list_channels(security.id)
+    assert [c.display_name for c in channels] == list(JOINED_TEAMS[0][2])
+    assert all(c.id.startswith("19:") for c in channels)
+
+
+async def test_emulator_send_with_mention_and_card(emulated: EmulatedTeams):
+    teams = emulated.client(pacer=fast_pacer())
+    team = (await teams.get_user_teams())[0]
+    channel = (await teams.list_channels(team.id))[0]
+    card = {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "!"}]}
+    sent = await teams.send_message(
+        team.id,
+        channel.id,
+        "Escalating to",
+        mentions=[{"id": "bob-object-id", "display_name": "Bob"}],
+        adaptive_card=card,
+    )
+    assert sent.id and sent.body.content_type == "html"
+    (stored,) = emulated.stored_messages()
+    graph_message = stored["chat_message"]
+    assert graph_message["mentions"][0]["mentioned"]["user"]["userIdentityType"] == "aadUser"
+    (attachment,) = graph_message["attachments"]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    assert json.loads(attachment["content"]) == card
+    assert f'<attachment id="{attachment["id"]}"></attachment>' in graph_message["body"]["content"]
+    assert '<at id="0">Bob</at>' in graph_message["body"]["content"]
+    listed = await teams.list_channel_messages(team.id, channel.id, top=5)
+    assert [m.id for m in listed] == [sent.id]
+    assert listed[0].mentions[0].mention_text == "Bob"
+
+
+async def test_emulator_burst_is_paced_without_429(emulated: EmulatedTeams):
+    teams = emulated.client(pacer=InProcessPacer())
+    teams.max_attempts = 1  # a 429 would surface instead of being retried
+    team = (await teams.get_user_teams())[0]
+    channel = (await teams.list_channels(team.id))[0]
+    await asyncio.gather(*(teams.send_message(team.id, channel.id, f"m{i}") for i in range(3)))
+    assert emulated.stats()["throttled"] == 0
+    assert len(emulated.stored_messages()) == 3
+
+
+async def test_emulator_redis_pacer_is_shared_by_two_processes(emulated: EmulatedTeams):
+    prefix = f"test:teams:{uuid.uuid4().hex}"
+    clients = [
+        emulated.client(pacer=RedisPacer("redis://127.0.0.1:6379/0", prefix=prefix))
+        for _ in range(2)
+    ]
+    for teams in clients:
+        teams.max_attempts = 1
+    team = (await clients[0].get_user_teams())[0]
+    channel = (await clients[0].list_channels(team.id))[0]
+    await asyncio.gather(
+        *(t.send_message(team.id, channel.id, f"m{i}") for i, t in enumerate(clients * 2))
+    )
+    assert emulated.stats()["throttled"] == 0
+    assert len(emulated.stored_messages()) == 4
+    for teams in clients:
+        await teams.pacer.aclose()
+
+
+async def test_emulator_throttled_send_is_delivered_once(emulated: EmulatedTeams):
+    teams = emulated.client(pacer=fast_pacer())
+    team = (await teams.get_user_teams())[0]
+    channel = (await teams.list_channels(team.id))[0]
+    fault = {"target": "/v1.0/teams", "status": 429, "count": 1, "retry_after": 1}
+    emulated.control.post("/faults", json=fault).raise_for_status()
+    await teams.send_message(team.id, channel.id, "once")
+    assert [m["chat_message"]["body"]["content"] for m in emulated.stored_messages()] == ["once"]
+
+
+async def test_emulator_gateway_timeout_is_not_resent(emulated: EmulatedTeams):
+    teams = emulated.client(pacer=fast_pacer())
+    team = (await teams.get_user_teams())[0]
+    channel = (await teams.list_channels(team.id))[0]
+    fault = {"target": "/v1.0/teams", "status": 504, "count": 1}
+    emulated.control.post("/faults", json=fault).raise_for_status()
+    with pytest.raises(DeliveryUnknownError):
+        await teams.send_message(team.id, channel.id, "maybe")
+    # The fault is used up: a resend would have been posted.
+    assert emulated.stored_messages() == []
