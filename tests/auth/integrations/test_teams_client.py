@@ -28,7 +28,7 @@ from tracecat.config import Settings
 from tracecat.emulator.constants import DEMO_APP_SCOPES, DEMO_USERS, GRAPH_RESOURCE
 from tracecat.emulator.demo_data import JOINED_TEAMS
 from tracecat.emulator.server import EmulatorServer
-from tracecat.exceptions import DeliveryUnknownError, GraphError
+from tracecat.exceptions import BadRequestError, DeliveryUnknownError, GraphError
 
 TOKEN = "stand-in-secret-token"
 TEAM = "team#1?"  # unencoded, "#" and "?" would cut the path: ids must be percent-encoded
@@ -519,8 +519,9 @@ async def test_adaptive_card_is_an_attachment_referenced_by_the_body(
 async def test_bad_mention_is_rejected_before_sending(
     client: MicrosoftTeamsClient, graph: GraphStandIn
 ):
-    with pytest.raises(ValueError):
+    with pytest.raises(BadRequestError) as caught:
         await client.send_message(TEAM, CHANNEL, "hi", mentions=[{"id": "aad-1"}])
+    assert "display_name" in str(caught.value)
     assert graph.calls_to("POST", "/messages") == 0
 
 

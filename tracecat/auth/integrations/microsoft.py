@@ -19,12 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlparse, urlsplit
 
 import httpx
 import msal
 from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
+from pydantic import BaseModel, ValidationError
 
 from tracecat.auth.integrations.models import MICROSOFT_TEAMS
 from tracecat.auth.integrations.pacing import LoopLocal, Pacer, default_pacer
@@ -298,7 +299,15 @@ def build_message(
     """A chatMessage request body, with mentions and a card in the shapes Graph documents."""
     if content_type not in ("text", "html"):
         raise BadRequestError("content_type must be 'text' or 'html'")
-    people = [m if isinstance(m, Mention) else Mention.model_validate(m) for m in mentions or []]
+    try:
+        people = [
+            m if isinstance(m, Mention) else Mention.model_validate(m) for m in mentions or []
+        ]
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise BadRequestError(
+            f"each mention needs an 'id' (Entra user id) and a 'display_name': {reason}"
+        ) from None
     if not people and adaptive_card is None:
         message: dict[str, Any] = {"body": {"contentType": content_type, "content": content}}
     else:
@@ -347,6 +356,39 @@ def _text_to_html(text: str) -> str:
     """Escape plain text for an html body, keeping any <at id="n">…</at> tags the caller wrote."""
     escaped = html.escape(text, quote=False).replace("\n", "<br>")
     return re.sub(r'&lt;at id="(\d+)"&gt;(.*?)&lt;/at&gt;', r'<at id="\1">\2</at>', escaped)
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    if not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        # Said plainly, since after a 2xx a send did happen and must not be repeated.
+        raise GraphError(
+            502,
+            "InvalidResponse",
+            f"Microsoft Graph answered {response.status_code} (success) with a body that is "
+            "not a JSON object",
+            response.headers.get("request-id"),
+        )
+    return body
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _parse(model: type[ModelT], data: dict[str, Any]) -> ModelT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise GraphError(
+            502,
+            "InvalidResponse",
+            f"Microsoft Graph sent a {model.__name__} we cannot read: {exc.errors()[0]['msg']}",
+        ) from None
 
 
 class MicrosoftTeamsClient:
@@ -419,14 +461,14 @@ class MicrosoftTeamsClient:
     # -- Graph operations --------------------------------------------------------------------
 
     async def get_me(self) -> GraphUser:
-        return GraphUser.model_validate(await self._get("/me"))
+        return _parse(GraphUser, await self._get("/me"))
 
     async def get_user_teams(self) -> list[Team]:
-        return [Team.model_validate(item) for item in await self._get_all("/me/joinedTeams")]
+        return [_parse(Team, item) for item in await self._get_all("/me/joinedTeams")]
 
     async def list_channels(self, team_id: str) -> list[Channel]:
         items = await self._get_all(f"/teams/{_quote(team_id)}/channels")
-        return [Channel.model_validate(item) for item in items]
+        return [_parse(Channel, item) for item in items]
 
     async def list_channel_messages(
         self, team_id: str, channel_id: str, *, top: int | None = None
@@ -436,7 +478,7 @@ class MicrosoftTeamsClient:
         params = {"$top": str(min(top, MAX_MESSAGES_PAGE))} if top else None
         path = f"/teams/{_quote(team_id)}/channels/{_quote(channel_id)}/messages"
         items = await self._get_all(path, params=params, limit=top)
-        return [ChatMessage.model_validate(item) for item in items]
+        return [_parse(ChatMessage, item) for item in items]
 
     async def send_message(
         self,
@@ -457,7 +499,7 @@ class MicrosoftTeamsClient:
             adaptive_card=adaptive_card,
         )
         path = f"/teams/{_quote(team_id)}/channels/{_quote(channel_id)}/messages"
-        return ChatMessage.model_validate(await self._send(team_id, channel_id, path, body))
+        return _parse(ChatMessage, await self._send(team_id, channel_id, path, body))
 
     async def reply_to_message(
         self,
@@ -482,7 +524,7 @@ class MicrosoftTeamsClient:
             f"/teams/{_quote(team_id)}/channels/{_quote(channel_id)}"
             f"/messages/{_quote(message_id)}/replies"
         )
-        return ChatMessage.model_validate(await self._send(team_id, channel_id, path, body))
+        return _parse(ChatMessage, await self._send(team_id, channel_id, path, body))
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -578,7 +620,7 @@ class MicrosoftTeamsClient:
                 status = response.status_code
                 GRAPH_REQUESTS.labels(method=method, status=str(status)).inc()
                 if response.is_success:
-                    return response.json() if response.content else {}
+                    return _json_body(response)
                 failure = graph_error(response)
                 delay = _retry_after(response)
                 reason = str(status)
