@@ -88,3 +88,20 @@ def sign_in(
         return result
 
     return run
+
+
+@pytest.fixture
+def graph(emulator: EmulatorServer, http: httpx.Client) -> Callable[..., httpx.Response]:
+    """Call Graph with a bearer token: graph("GET", "/me", token)."""
+
+    def call(method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
+        url = path if path.startswith("https://") else f"{emulator.graph_url}{path}"
+        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        return http.request(method, url, headers=headers, **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def alice_token(sign_in: Callable[..., dict[str, Any]]) -> str:
+    return sign_in(ALICE)["access_token"]

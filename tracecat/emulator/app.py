@@ -45,6 +45,7 @@ def create_emulator_app(state: EmulatorState) -> FastAPI:
     app.state.emulator = state
     app.include_router(control.router)
     app.include_router(graph.router)
+    app.include_router(graph.userinfo_router)
     app.include_router(identity.router)
 
     @app.exception_handler(AadError)

@@ -53,7 +53,8 @@ class Team:
     created: str = DEMO_CREATED
 
     def channel(self, channel_id: str) -> Channel | None:
-        return next((c for c in self.channels if c.id == channel_id), None)
+        wanted = channel_id.lower()
+        return next((c for c in self.channels if c.id == wanted), None)
 
 
 def team_id_for(name: str) -> str:
