@@ -1,6 +1,23 @@
 """The control API under /_emulator: what tests use to arrange and inspect the emulator.
 
 It is not a Microsoft API, so its errors are a plain {"error": "..."} body.
+
+    GET    /_emulator                          where it listens, tenant, demo client id
+    POST   /_emulator/reset                    forget users, tokens, messages, faults, counters
+    GET    /_emulator/config                   see EmulatorConfig (tracecat/emulator/config.py)
+    PATCH  /_emulator/config                   partial, e.g. {"throttling": {"enabled": false}}
+    POST   /_emulator/faults                   {"target": "token"|"graph"|"/path/prefix",
+                                                "status": 503, "count": 1, "retry_after": null,
+                                                "delay_seconds": 0, "code": null, "message": null}
+    GET    /_emulator/faults, DELETE /_emulator/faults
+    GET    /_emulator/users
+    POST   /_emulator/users/{email}/revoke     refresh and access tokens issued so far stop working
+    POST   /_emulator/users/{email}/expire-tokens   access tokens issued so far count as expired
+    GET    /_emulator/stats                    token requests by grant/outcome/user, Graph requests
+                                                by route/status, 429s issued, messages stored
+    GET    /_emulator/messages                 every stored message, replies included
+    POST   /_emulator/apps                     {"client_id"?, "client_secret"?, "display_name"?,
+                                                "redirect_uris": [...], "scopes"?}
 """
 
 from __future__ import annotations

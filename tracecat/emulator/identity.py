@@ -20,7 +20,7 @@ from tracecat.emulator.errors import AadError
 from tracecat.emulator.http_utils import emulator_state, http_base, https_base, read_form
 from tracecat.emulator.pages import error_page, form_post_page, signin_page
 from tracecat.emulator.scopes import ScopeSet, parse_scopes
-from tracecat.emulator.state import AppRegistration, EmulatorState, TokenProblem
+from tracecat.emulator.state import AppRegistration, EmulatorState, TokenProblem, describe_user
 from tracecat.emulator.tokens import issue_token_response, issuer
 
 router = APIRouter()
@@ -239,7 +239,7 @@ def _issue_code(state: EmulatorState, auth: AuthorizeRequest, email: str) -> Res
 def _signin(request: Request, auth: AuthorizeRequest, email: str = "", error: str = "") -> Response:
     state = emulator_state(request)
     assert auth.scopes is not None
-    demo = [(state.sign_in(mail).display_name, mail) for mail in DEMO_USERS]
+    demo = [(describe_user(mail).display_name, mail) for mail in DEMO_USERS]
     return signin_page(
         action=f"/{auth.tenant}/oauth2/v2.0/authorize",
         params=auth.params,

@@ -87,7 +87,15 @@ class EmulatorServer:
         self.state.http_base = self.http_url
 
         app = create_emulator_app(self.state)
-        common = {"log_level": "warning", "lifespan": "off", "timeout_graceful_shutdown": 2}
+        # No logging set-up of its own: uvicorn's would reconfigure the host process' loggers
+        # (the app's access log shares the `uvicorn.access` logger).
+        common = {
+            "log_config": None,
+            "log_level": None,
+            "access_log": False,
+            "lifespan": "off",
+            "timeout_graceful_shutdown": 2,
+        }
         https = uvicorn.Config(
             app, ssl_certfile=str(certs.cert), ssl_keyfile=str(certs.key), **common
         )

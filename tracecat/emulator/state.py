@@ -270,7 +270,7 @@ class EmulatorState:
         with self._lock:
             user = self._users.get(key)
             if user is None:
-                user = _new_user(key)
+                user = describe_user(key)
                 self._users[key] = user
                 for team in self._teams.values():
                     if team.open_to_all_users:
@@ -487,7 +487,8 @@ def _opaque(prefix: str) -> str:
     return f"{prefix}{secrets.token_urlsafe(48)}"
 
 
-def _new_user(email: str) -> User:
+def describe_user(email: str) -> User:
+    """The user an email signs in as, without storing it."""
     local = email.split("@", 1)[0]
     words = [w.capitalize() for w in local.replace("_", ".").replace("-", ".").split(".") if w]
     words = words or [local]
