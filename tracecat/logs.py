@@ -23,9 +23,15 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    for noisy in ("msal", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     redact_access_log()
+
+
+def quiet_libraries() -> None:
+    """At DEBUG these libraries log HTTP headers and redirects, which carry codes and tokens;
+    they stay at WARNING whatever TRACECAT_LOG_LEVEL says."""
+    for noisy in ("msal", "httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def redact_access_log() -> None:

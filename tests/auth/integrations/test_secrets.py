@@ -8,11 +8,13 @@ import sqlite3
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.conftest import Api
 from tests.utils.flows import connect, sign_in, start_connect
 from tracecat.auth.integrations.service import IntegrationService
+from tracecat.logs import quiet_libraries
 
 
 def _stored_tokens(api: Api, user_id: str) -> tuple[str, str]:
@@ -68,14 +70,23 @@ def test_database_holds_no_token_or_key(api: Api) -> None:
 
 
 def test_no_secret_in_logs(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    quiet_libraries()  # as `serve` sets logging up, even at TRACECAT_LOG_LEVEL=DEBUG
     caplog.set_level(logging.DEBUG)
     user = api.user("analyst@example.com")
     with api.browser() as browser:
         callback_url = sign_in(start_connect(browser, api.url, user), "alice@contoso.example")
         assert browser.get(callback_url).status_code == 200
+        first_tokens = _stored_tokens(api, user.id)
         browser.get("/auth/integrations/microsoft/status", headers=user.headers)
         browser.get(callback_url)  # a replay, to log a refusal too
+        # Graph rejects the token, so it is refreshed and the call retried: all of it logged.
+        httpx.post(f"{api.emulator.http_url}/_emulator/users/alice@contoso.example/expire-tokens")
+        assert (
+            browser.get("/auth/integrations/microsoft/teams", headers=user.headers).status_code
+            == 200
+        )
     access_token, refresh_token = _stored_tokens(api, user.id)
+    assert access_token != first_tokens[0]
     code = callback_url.split("code=", 1)[1].split("&", 1)[0]
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "GET /auth/integrations/microsoft/callback" in text  # access lines were captured

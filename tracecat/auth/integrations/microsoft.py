@@ -15,6 +15,7 @@ import random
 import re
 import threading
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,10 @@ from tracecat.metrics import GRAPH_REQUESTS, GRAPH_RETRIES, THROTTLE_WAIT_SECOND
 
 logger = logging.getLogger(__name__)
 
+# The pinned contract uses query response mode: the browser-binding cookie (SameSite=Lax) then
+# travels with Microsoft's redirect, which a cross-site form_post would not carry.
+warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended")
+
 # Scopes MSAL adds itself and refuses to be given.
 RESERVED_SCOPES = {"openid", "profile", "offline_access"}
 # Token-endpoint errors that mean the grant is gone and only the user can restore it.
@@ -81,7 +86,7 @@ class TokenResult:
         return f"TokenResult(expires_at={self.expires_at.isoformat()}, scope={self.scope!r})"
 
     @classmethod
-    def from_msal(cls, result: dict[str, Any]) -> TokenResult:
+    def from_msal(cls, result: dict[str, Any], requested: list[str]) -> TokenResult:
         claims = result.get("id_token_claims") or {}
         account = {
             "id": claims.get("oid") or claims.get("sub"),
@@ -95,7 +100,8 @@ class TokenResult:
             access_token=result["access_token"],
             refresh_token=result.get("refresh_token"),
             expires_at=datetime.now(UTC) + timedelta(seconds=int(result.get("expires_in", 3600))),
-            scope=str(result.get("scope", "")),
+            # OAuth 2.0: an omitted scope means the requested scope was granted.
+            scope=str(result.get("scope") or " ".join(requested)),
             account={k: v for k, v in account.items() if v},
         )
 
@@ -172,7 +178,7 @@ class MicrosoftOAuthProvider:
             raise BadRequestError(
                 f"Microsoft refused the sign-in ({_error_text(result)}): start again"
             )
-        return TokenResult.from_msal(result)
+        return TokenResult.from_msal(result, self.requested_scopes)
 
     def refresh(self, refresh_token: str, *, fresh_app: bool = False) -> TokenResult:
         """Redeem a refresh token. `fresh_app` bypasses MSAL's per-app replay of a recent
@@ -182,7 +188,7 @@ class MicrosoftOAuthProvider:
             fresh_app=fresh_app,
         )
         if "error" not in result:
-            return TokenResult.from_msal(result)
+            return TokenResult.from_msal(result, self.requested_scopes)
         error = result.get("error")
         if error in REAUTHORIZATION_ERRORS:
             raise ReauthorizationRequiredError(_error_text(result))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
+from tracecat.auth.integrations.schemas import Mention
 from tracecat.auth.models import utcnow
 from tracecat.db import Base, EncryptedText, UTCDateTime
 
@@ -156,3 +157,15 @@ class StatusResponse(IntegrationSummary):
             last_refreshed_at=integration.last_refreshed_at,
             refresh_failures=integration.refresh_failures,
         )
+
+
+class SendMessageRequest(BaseModel):
+    """A message or reply to post; Graph's own limits are checked here, before any call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(min_length=1, max_length=28_000)  # Teams' message size limit
+    content_type: Literal["text", "html"] = "text"
+    subject: str | None = Field(default=None, max_length=255)
+    mentions: list[Mention] | None = Field(default=None, max_length=20)
+    adaptive_card: dict[str, Any] | None = None

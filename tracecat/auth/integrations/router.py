@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import html
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from tracecat.auth.integrations.models import (
     ConnectResponse,
     IntegrationSummary,
+    SendMessageRequest,
     StatusResponse,
 )
+from tracecat.auth.integrations.schemas import Channel, ChatMessage, Team
 from tracecat.auth.integrations.service import new_browser_id
 from tracecat.deps import CurrentUser, IntegrationServiceDep
 
@@ -71,3 +74,71 @@ async def list_integrations(
     return [
         IntegrationSummary.from_integration(i) for i in await service.list_integrations(user.id)
     ]
+
+
+# --- Teams ----------------------------------------------------------------------------------
+
+
+@router.get("/microsoft/teams", response_model=list[Team])
+async def list_teams(user: CurrentUser, service: IntegrationServiceDep) -> list[Team]:
+    return await service.call_graph(user.id, lambda teams: teams.get_user_teams())
+
+
+@router.get("/microsoft/teams/{team_id}/channels", response_model=list[Channel])
+async def list_channels(
+    team_id: str, user: CurrentUser, service: IntegrationServiceDep
+) -> list[Channel]:
+    return await service.call_graph(user.id, lambda teams: teams.list_channels(team_id))
+
+
+@router.post(
+    "/microsoft/teams/{team_id}/channels/{channel_id}/messages",
+    response_model=ChatMessage,
+    status_code=status.HTTP_201_CREATED,
+)
+async def send_message(
+    team_id: str,
+    channel_id: str,
+    message: SendMessageRequest,
+    user: CurrentUser,
+    service: IntegrationServiceDep,
+) -> ChatMessage:
+    return await service.call_graph(
+        user.id,
+        lambda teams: teams.send_message(team_id, channel_id, **dict(message)),
+    )
+
+
+@router.get(
+    "/microsoft/teams/{team_id}/channels/{channel_id}/messages", response_model=list[ChatMessage]
+)
+async def list_messages(
+    team_id: str,
+    channel_id: str,
+    user: CurrentUser,
+    service: IntegrationServiceDep,
+    top: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> list[ChatMessage]:
+    await service.require_scope(user.id, "ChannelMessage.Read.All")
+    return await service.call_graph(
+        user.id, lambda teams: teams.list_channel_messages(team_id, channel_id, top=top)
+    )
+
+
+@router.post(
+    "/microsoft/teams/{team_id}/channels/{channel_id}/messages/{message_id}/replies",
+    response_model=ChatMessage,
+    status_code=status.HTTP_201_CREATED,
+)
+async def reply_to_message(
+    team_id: str,
+    channel_id: str,
+    message_id: str,
+    message: SendMessageRequest,
+    user: CurrentUser,
+    service: IntegrationServiceDep,
+) -> ChatMessage:
+    return await service.call_graph(
+        user.id,
+        lambda teams: teams.reply_to_message(team_id, channel_id, message_id, **dict(message)),
+    )

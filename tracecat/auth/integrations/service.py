@@ -18,10 +18,10 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio import to_thread
 from sqlalchemy import delete, select
@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tracecat.auth.integrations.microsoft import (
     MicrosoftOAuthProvider,
+    MicrosoftTeamsClient,
     TokenResult,
     TransientProviderError,
 )
@@ -45,12 +46,17 @@ from tracecat.db import Database
 from tracecat.exceptions import (
     CONNECT_HINT,
     BadRequestError,
+    DeliveryUnknownError,
+    ForbiddenError,
+    GraphError,
     NotFoundError,
     ProviderUnavailableError,
     ReauthorizationRequiredError,
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Transient refresh failures are retried this many times, with these pauses (seconds).
 REFRESH_RETRY_DELAYS = (0.5, 1.5)
@@ -206,6 +212,41 @@ class IntegrationService:
         if not result.rowcount:
             raise NotFoundError("Microsoft Teams is not connected")
         logger.info("User %s disconnected Microsoft account", user_id)
+
+    async def require_scope(self, user_id: uuid.UUID, scope: str) -> None:
+        """Refuse early, with the fix, a call Graph would refuse for a scope never granted."""
+        integration = await self.require_integration(user_id)
+        granted = {s.rsplit("/", 1)[-1].lower() for s in integration.scopes}
+        if scope.lower() not in granted:
+            raise ForbiddenError(
+                f"this needs the {scope} permission, which was not granted: set "
+                f"MICROSOFT_EXTRA_SCOPES={scope} (it needs an admin's consent in Entra ID), "
+                f"then the user must {CONNECT_HINT}"
+            )
+
+    # --- acting in Teams --------------------------------------------------------------------
+
+    async def call_graph(
+        self, user_id: uuid.UUID, operation: Callable[[MicrosoftTeamsClient], Awaitable[T]]
+    ) -> T:
+        """Run a Graph operation with the user's token.
+
+        Graph may reject a token we thought valid (revoked early, clock skew): then the token
+        is refreshed once and the operation retried once. A 401 means Graph did not act, so
+        this is safe for sends too.
+        """
+        token = await self.get_access_token(user_id)
+        try:
+            return await operation(self.teams_client(token))
+        except GraphError as exc:
+            if exc.status_code != 401 or isinstance(exc, DeliveryUnknownError):
+                raise
+            logger.info("Graph rejected the token of user %s: refreshing once", user_id)
+        token = await self.get_access_token(user_id, force_refresh=True)
+        return await operation(self.teams_client(token))
+
+    def teams_client(self, access_token: str) -> MicrosoftTeamsClient:
+        return MicrosoftTeamsClient(access_token, settings=self.settings)
 
     # --- tokens ---------------------------------------------------------------------------
 
