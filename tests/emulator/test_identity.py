@@ -308,6 +308,27 @@ def test_malformed_token_requests_get_aadsts_bodies(
         token_url(emulator), data={"grant_type": "refresh_token", "refresh_token": "nope", **creds}
     )
     assert_aadsts(garbage, 400, "invalid_grant", 9002313)
+    assert_aadsts(http.get(token_url(emulator)), 400, "invalid_request", 900561)
+
+
+def test_silent_authorize_without_a_hint_needs_login(
+    emulator: EmulatorServer, browse: httpx.Client
+) -> None:
+    response = browse.get(
+        f"{emulator.http_url}/organizations/oauth2/v2.0/authorize",
+        params={
+            "client_id": emulator.client_id,
+            "response_type": "code",
+            "redirect_uri": REDIRECT_URI,
+            "scope": "openid User.Read",
+            "state": "xyz",
+            "prompt": "none",
+        },
+    )
+    assert response.status_code == 302
+    params = query_of(response.headers["location"])
+    assert params["error"] == "login_required" and params["state"] == "xyz"
+    assert params["error_description"].startswith("AADSTS50058: ")
 
 
 def test_refresh_issues_new_tokens_and_old_token_stays_valid_when_lenient(

@@ -75,6 +75,10 @@ def aad_missing_parameter(name: str) -> AadError:
     )
 
 
+def aad_post_only() -> AadError:
+    return AadError("invalid_request", 900561, "The endpoint only accepts POST requests.")
+
+
 def aad_tenant_not_found(tenant: str) -> AadError:
     return AadError(
         "invalid_tenant",

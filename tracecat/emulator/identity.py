@@ -433,6 +433,12 @@ def _redeem_refresh_token(
     )
 
 
+@router.get("/{tenant}/oauth2/v2.0/token")
+async def token_get(tenant: str, request: Request) -> JSONResponse:
+    canonical_tenant(emulator_state(request), tenant)
+    raise errors.aad_post_only()
+
+
 GRANTS = {"authorization_code": _redeem_code, "refresh_token": _redeem_refresh_token}
 
 
