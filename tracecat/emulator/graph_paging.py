@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -10,6 +9,7 @@ from urllib.parse import quote
 
 from fastapi import Request
 
+from tracecat.emulator.encoding import b64url, b64url_decode
 from tracecat.emulator.errors import graph_bad_request
 from tracecat.emulator.http_utils import https_base
 
@@ -17,12 +17,12 @@ T = TypeVar("T")
 
 
 def _encode(key: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": key}).encode()).rstrip(b"=").decode()
+    return b64url(json.dumps({"after": key}).encode())
 
 
 def _decode(token: str) -> str:
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = b64url_decode(token)
         key = json.loads(raw)["after"]
     except (ValueError, KeyError, TypeError) as exc:
         raise graph_bad_request("The $skiptoken value is not valid.") from exc

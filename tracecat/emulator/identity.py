@@ -16,12 +16,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from tracecat.emulator import errors
 from tracecat.emulator.constants import DEMO_USERS
+from tracecat.emulator.encoding import b64url
 from tracecat.emulator.errors import AadError
 from tracecat.emulator.http_utils import emulator_state, http_base, https_base, read_form
 from tracecat.emulator.pages import error_page, form_post_page, signin_page
 from tracecat.emulator.scopes import ScopeSet, parse_scopes
 from tracecat.emulator.state import AppRegistration, EmulatorState, TokenProblem, describe_user
-from tracecat.emulator.tokens import issue_token_response, issuer
+from tracecat.emulator.tokens import client_info, issue_token_response, issuer
 
 router = APIRouter()
 
@@ -231,8 +232,7 @@ def _issue_code(state: EmulatorState, auth: AuthorizeRequest, email: str) -> Res
     )
     result = {"code": code.code}
     if params.get("client_info") == "1":
-        raw = f'{{"uid":"{user.oid}","utid":"{state.tenant_id}"}}'.encode()
-        result["client_info"] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        result["client_info"] = client_info(user, state.tenant_id)
     return _redirect(auth, result)
 
 
@@ -333,7 +333,7 @@ def _authenticate_client(
 def _pkce_matches(verifier: str, challenge: str, method: str) -> bool:
     if method == "S256":
         digest = hashlib.sha256(verifier.encode("ascii", errors="replace")).digest()
-        computed = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        computed = b64url(digest)
     else:
         computed = verifier
     return hmac.compare_digest(computed, challenge)
@@ -384,7 +384,7 @@ def _redeem_code(
         nonce=record.nonce,
         include_id_token="openid" in scopes.oidc,
         include_refresh_token=scopes.offline_access,
-        client_info=form.get("client_info") == "1",
+        include_client_info=form.get("client_info") == "1",
     )
 
 
@@ -429,7 +429,7 @@ def _redeem_refresh_token(
         nonce=None,
         include_id_token="openid" in scopes.oidc,
         include_refresh_token=True,
-        client_info=form.get("client_info") == "1",
+        include_client_info=form.get("client_info") == "1",
     )
 
 

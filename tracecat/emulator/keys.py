@@ -17,15 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from tracecat.emulator.encoding import b64url
 from tracecat.emulator.files import ensure_private_dir, write_private
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _uint_b64url(value: int) -> str:
-    return _b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+    return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
 
 
 class SigningKey:
@@ -33,7 +30,7 @@ class SigningKey:
         self._key = key
         self._public = key.public_key()
         self._cert = cert
-        self.kid = _b64url(cert.fingerprint(hashes.SHA1()))  # noqa: S303 - x5t is SHA-1 by spec
+        self.kid = b64url(cert.fingerprint(hashes.SHA1()))  # noqa: S303 - x5t is SHA-1 by spec
 
     @classmethod
     def generate(cls) -> SigningKey:

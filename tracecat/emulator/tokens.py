@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -10,6 +9,7 @@ import uuid
 from typing import Any
 
 from tracecat.emulator.constants import GRAPH_RESOURCE
+from tracecat.emulator.encoding import b64url
 from tracecat.emulator.scopes import ScopeSet
 from tracecat.emulator.state import AppRegistration, EmulatorState, User
 
@@ -20,15 +20,16 @@ def issuer(https_base: str, tenant_id: str) -> str:
     return f"{https_base}/{tenant_id}/v2.0"
 
 
-def _b64url_json(value: dict[str, str]) -> str:
-    raw = json.dumps(value, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+def client_info(user: User, tenant_id: str) -> str:
+    """What MSAL builds the account's home_account_id from (uid.utid)."""
+    raw = json.dumps({"uid": user.oid, "utid": tenant_id}, separators=(",", ":")).encode()
+    return b64url(raw)
 
 
 def pairwise_subject(user: User, audience: str) -> str:
     # Entra's `sub` is pairwise: stable per user and app, different across apps.
     digest = hashlib.sha256(f"{user.oid}/{audience}".encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()[:43]
+    return b64url(digest)[:43]
 
 
 def issue_token_response(
@@ -42,7 +43,7 @@ def issue_token_response(
     nonce: str | None,
     include_id_token: bool,
     include_refresh_token: bool,
-    client_info: bool,
+    include_client_info: bool,
 ) -> dict[str, Any]:
     now = time.time()
     iat = int(now)
@@ -105,6 +106,6 @@ def issue_token_response(
         if nonce:
             id_claims["nonce"] = nonce
         body["id_token"] = state.signing_key.sign(id_claims)
-    if client_info:
-        body["client_info"] = _b64url_json({"uid": user.oid, "utid": state.tenant_id})
+    if include_client_info:
+        body["client_info"] = client_info(user, state.tenant_id)
     return body
