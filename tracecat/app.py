@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,11 +11,13 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.router import router as integrations_router
+from tracecat.auth.integrations.service import RefreshLocks, run_sweeper
 from tracecat.config import Settings
 from tracecat.crypto import DecryptionError, Keyring, set_keyring
 from tracecat.db import Database
@@ -33,9 +37,19 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.db = database or Database.from_settings(settings)
         app.state.provider = MicrosoftOAuthProvider(settings)
+        app.state.refresh_locks = RefreshLocks()
+        sweeper = None
+        if settings.tracecat_refresh_interval_seconds > 0:
+            sweeper = asyncio.create_task(
+                run_sweeper(app.state.db, settings, app.state.provider, app.state.refresh_locks)
+            )
         try:
             yield
         finally:
+            if sweeper:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             app.state.provider.close()
             if database is None:
                 await app.state.db.dispose()
@@ -49,6 +63,10 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         return {"status": "ok"}
 
     index_page = resources.files("tracecat.web").joinpath("index.html").read_text()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -48,7 +48,8 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 def get_integration_service(request: Request, session: SessionDep) -> IntegrationService:
-    return IntegrationService(session, request.app.state.settings, request.app.state.provider)
+    state = request.app.state
+    return IntegrationService(session, state.settings, state.provider, state.refresh_locks)
 
 
 IntegrationServiceDep = Annotated[IntegrationService, Depends(get_integration_service)]

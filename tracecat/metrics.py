@@ -5,7 +5,7 @@ Labels never carry a token, a user or a message: only methods, statuses and reas
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 GRAPH_REQUESTS = Counter(
     "tracecat_graph_requests",
@@ -21,4 +21,14 @@ THROTTLE_WAIT_SECONDS = Counter(
     "tracecat_throttle_wait_seconds",
     "Seconds spent waiting before Graph calls: own pacing and Graph's Retry-After.",
     ["source"],
+)
+REFRESHES = Counter(
+    "tracecat_token_refreshes",
+    "Token refreshes by outcome: refreshed, reused (a neighbour had just refreshed), "
+    "invalid_grant (the user must reconnect), transient (Microsoft failing for now).",
+    ["outcome"],
+)
+REFRESH_SECONDS = Histogram(
+    "tracecat_token_refresh_seconds",
+    "Time to obtain a usable token when a refresh was due, lock wait included.",
 )

@@ -17,10 +17,12 @@ import functools
 import json
 import logging
 import secrets
+import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from anyio import to_thread
@@ -52,7 +54,9 @@ from tracecat.exceptions import (
     NotFoundError,
     ProviderUnavailableError,
     ReauthorizationRequiredError,
+    TracecatError,
 )
+from tracecat.metrics import REFRESH_SECONDS, REFRESHES
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +72,12 @@ class IntegrationService:
         session: AsyncSession,
         settings: Settings | None = None,
         provider: MicrosoftOAuthProvider | None = None,
+        refresh_locks: RefreshLocks | None = None,
     ) -> None:
         self.session = session
         self.settings = settings or get_settings()
         self._provider = provider
+        self.refresh_locks = refresh_locks or RefreshLocks()
 
     @classmethod
     @asynccontextmanager
@@ -269,6 +275,16 @@ class IntegrationService:
         `seen_version` is the token version the caller judged stale: if the row has moved on
         by the time the lock is held, a neighbour refreshed it and its token is used.
         """
+        started = time.perf_counter()
+        # Callers in this process queue here, so only one of them holds a database
+        # connection waiting on the row lock.
+        async with self.refresh_locks.get(integration_id):
+            try:
+                return await self._refresh_locked(integration_id, seen_version)
+            finally:
+                REFRESH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _refresh_locked(self, integration_id: uuid.UUID, seen_version: int | None) -> str:
         engine = self.session.bind
         assert isinstance(engine, AsyncEngine)
         margin = self.settings.tracecat_refresh_margin_seconds
@@ -280,9 +296,9 @@ class IntegrationService:
                 raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
             if integration.status == GrantState.REVOKED:
                 raise ReauthorizationRequiredError(integration.last_error or "refresh refused")
-            if seen_version is not None and integration.token_version != seen_version:
-                return integration.access_token
-            if seen_version is None and not integration.needs_refresh(margin):
+            moved_on = seen_version is not None and integration.token_version != seen_version
+            if moved_on or (seen_version is None and not integration.needs_refresh(margin)):
+                REFRESHES.labels(outcome="reused").inc()
                 return integration.access_token
             if not integration.refresh_token:
                 return await self._fail_passing(
@@ -295,14 +311,37 @@ class IntegrationService:
                 integration.refresh_failures += 1
                 integration.last_error = exc.reason
                 await session.commit()
+                REFRESHES.labels(outcome="invalid_grant").inc()
                 logger.warning("Refresh refused for user %s: reconnect needed", integration.user_id)
                 raise
             except TransientProviderError as exc:
                 return await self._fail_passing(session, integration, str(exc.detail))
             self._store_tokens(integration, tokens)
             await session.commit()
+            REFRESHES.labels(outcome="refreshed").inc()
             logger.info("Refreshed Microsoft token for user %s", integration.user_id)
             return integration.access_token
+
+    async def refresh_due(self) -> int:
+        """Refresh every grant inside the margin (the sweeper's pass); returns how many were
+        attempted. Each goes through `refresh`, so it never races a request doing the same."""
+        horizon = datetime.now(UTC) + timedelta(
+            seconds=self.settings.tracecat_refresh_margin_seconds
+        )
+        due = await self.session.scalars(
+            select(UserIntegration.id).where(
+                UserIntegration.expires_at <= horizon,
+                UserIntegration.refresh_token.is_not(None),
+                UserIntegration.status != GrantState.REVOKED,
+            )
+        )
+        ids = list(due)
+        for integration_id in ids:
+            try:
+                await self.refresh(integration_id)
+            except TracecatError as exc:  # recorded on the row; the next pass tries again
+                logger.info("Sweeper could not refresh %s: %s", integration_id, type(exc).__name__)
+        return len(ids)
 
     async def _redeem(self, refresh_token: str) -> TokenResult:
         """Redeem with retries; each retry uses a fresh MSAL app, since the shared one would
@@ -326,6 +365,7 @@ class IntegrationService:
         integration.status = GrantState.REFRESH_FAILING
         integration.last_error = reason
         await session.commit()
+        REFRESHES.labels(outcome="transient").inc()
         logger.warning("Refresh failed for user %s: %s", integration.user_id, reason)
         if not integration.is_expired:
             return integration.access_token
@@ -350,6 +390,37 @@ class IntegrationService:
         integration.last_error = None
         integration.last_refreshed_at = datetime.now(UTC)
         integration.token_version = (integration.token_version or 0) + 1
+
+
+class RefreshLocks:
+    """One asyncio lock per grant, for the callers of one process (one event loop)."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def get(self, integration_id: uuid.UUID) -> asyncio.Lock:
+        lock = self._locks.get(integration_id)
+        if lock is None:
+            lock = self._locks[integration_id] = asyncio.Lock()
+        return lock
+
+
+async def run_sweeper(
+    database: Database, settings: Settings, provider: MicrosoftOAuthProvider, locks: RefreshLocks
+) -> None:
+    """Refresh due tokens every TRACECAT_REFRESH_INTERVAL_SECONDS, so idle users stay
+    connected and their refresh tokens stay alive. Runs until cancelled."""
+    interval = settings.tracecat_refresh_interval_seconds
+    while True:
+        try:
+            async with database.session() as session:
+                service = IntegrationService(session, settings, provider, locks)
+                await service.refresh_due()
+        except Exception:  # a database blip must not end the sweeper
+            logger.exception("Refresh sweep failed; retrying in %s s", interval)
+        await asyncio.sleep(interval)
 
 
 @asynccontextmanager
