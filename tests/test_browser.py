@@ -4,9 +4,6 @@ in a real Chromium (Debian's, driven by Playwright), with no certificate warning
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +11,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.test_cli import CLI, run_cli
-from tests.utils.server import free_port
+from tests.test_cli import run_cli
+from tests.utils.server import ServeProcess
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -30,36 +27,10 @@ CHROMIUM_FLAGS = [
 @pytest.fixture
 def emulator_service(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """`tracecat-integrations serve --emulator` exactly as the README starts it: no settings."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MICROSOFT_", "TRACECAT_", "DATABASE_URL"))
-    }
-    env["TRACECAT_DATA_DIR"] = str(tmp_path / "data")
-    port = free_port()
-    process = subprocess.Popen(
-        [CLI, "serve", "--emulator", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve --emulator did not start:\n{process.stdout.read()}")
-            time.sleep(0.2)
-        yield url, {"TRACECAT_DATA_DIR": env["TRACECAT_DATA_DIR"]}
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    env = {"TRACECAT_DATA_DIR": str(tmp_path / "data")}
+    service = ServeProcess(env, "--emulator").wait_ready()
+    yield service.url, env
+    service.stop()
 
 
 @pytest.fixture

@@ -4,40 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
-from tests.conftest import Api
+from tests.conftest import Api, truncate_all
 from tests.utils.flows import connect
+from tests.utils.server import CLI, clean_environment
 from tracecat.auth.service import UserService
 from tracecat.db import Database
 from tracecat.exceptions import AuthenticationError
-
-CLI = str(Path(sys.executable).parent / "tracecat-integrations")
 
 
 def run_cli(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MICROSOFT_", "TRACECAT_", "DATABASE_URL"))
-    }
     return subprocess.run(
-        [CLI, *args], env={**clean, **env}, capture_output=True, text=True, timeout=timeout
+        [CLI, *args], env=clean_environment(**env), capture_output=True, text=True, timeout=timeout
     )
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, database_url: str) -> dict[str, str]:
-    from tests.conftest import truncate_all
-
+def cli_env(tmp_path: Path, database_url: str) -> Iterator[dict[str, str]]:
     yield {"TRACECAT_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url}
     truncate_all(database_url)
 

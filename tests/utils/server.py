@@ -1,12 +1,17 @@
-"""A real uvicorn server in a thread, for tests and benchmarks."""
+"""Real servers for tests: the app under uvicorn in a thread, or `serve` as a process."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -41,3 +46,53 @@ class LiveServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+
+CLI = str(Path(sys.executable).parent / "tracecat-integrations")
+# Settings the test machine may have: a served process gets only what a test gives it.
+_OWN_VARIABLES = ("MICROSOFT_", "TRACECAT_", "DATABASE_URL", "REDIS_URL")
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_VARIABLES)}
+    return {**env, **extra}
+
+
+class ServeProcess:
+    """`tracecat-integrations serve` as a real process, as a user starts it."""
+
+    def __init__(self, env: dict[str, str], *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = clean_environment(**env)
+        self._process = subprocess.Popen(
+            [CLI, "serve", "--port", str(self.port), *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> ServeProcess:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"serve did not start:\n{self.output()}")
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        return self._process.stdout.read() if self._process.stdout else ""
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()

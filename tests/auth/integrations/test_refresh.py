@@ -1,0 +1,218 @@
+"""Tokens that never go stale: refresh on use, the sweeper, single flight across processes,
+and the failure states, against the emulator as a real server on both databases."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.conftest import ENCRYPTION_KEY, Api, make_settings
+from tests.utils.flows import ApiUser, connect
+from tests.utils.server import LiveServer, ServeProcess, free_port
+from tracecat.app import create_app
+
+BASE = "/auth/integrations/microsoft"
+MS_USER = "alice@contoso.example"
+
+
+def emulator(api: Api, method: str, path: str, **kwargs: object) -> httpx.Response:
+    response = httpx.request(method, f"{api.emulator.http_url}/_emulator{path}", **kwargs)
+    response.raise_for_status()
+    return response
+
+
+def refresh_outcomes(api: Api) -> dict[str, int]:
+    return emulator(api, "GET", "/stats").json()["token_requests"].get("refresh_token", {})
+
+
+def refreshes(api: Api) -> int:
+    return sum(refresh_outcomes(api).values())
+
+
+def status(api: Api, user: ApiUser, base_url: str | None = None) -> dict:
+    response = httpx.get(f"{base_url or api.url}{BASE}/status", headers=user.headers)
+    assert response.status_code == 200
+    return response.json()
+
+
+def connect_inside_margin(api: Api, base_url: str | None = None) -> ApiUser:
+    """A connected user whose access token is valid but inside the 300 s refresh margin;
+    tokens issued afterwards last an hour again."""
+    user = api.user("analyst@example.com")
+    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 200})
+    with httpx.Client() as browser:
+        assert connect(browser, base_url or api.url, user, MS_USER).status_code == 200
+    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 3599})
+    return user
+
+
+def test_token_inside_the_margin_is_refreshed_before_the_call(api: Api) -> None:
+    user = connect_inside_margin(api)
+    before = status(api, user)
+    assert before["status"] == "connected"
+    assert datetime.fromisoformat(before["expires_at"]) < datetime.now(UTC) + timedelta(seconds=300)
+
+    teams = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
+    assert teams.status_code == 200
+    assert refresh_outcomes(api) == {"success": 1}
+    graph = emulator(api, "GET", "/stats").json()["graph_requests"]
+    assert not any("401" in statuses for statuses in graph.values())  # no failed call first
+
+    after = status(api, user)
+    assert datetime.fromisoformat(after["expires_at"]) > datetime.now(UTC) + timedelta(minutes=50)
+    assert after["last_refreshed_at"] > before["last_refreshed_at"]
+    assert after["refresh_failures"] == 0
+
+
+def test_rotated_refresh_token_is_stored(api: Api) -> None:
+    emulator(api, "PATCH", "/config", json={"refresh_token_rotation": "strict"})
+    user = connect_inside_margin(api)
+    assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
+    # Strict rotation: the first refresh token is now dead; a second refresh only works
+    # with the new one, which must have been stored.
+    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 200})
+    emulator(api, "POST", f"/users/{MS_USER}/expire-tokens")
+    assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
+    assert refresh_outcomes(api) == {"success": 2}
+    assert status(api, user)["status"] == "connected"
+
+
+@pytest.mark.parametrize("aadsts", [50173, 700082])
+def test_revoked_grant_needs_reconnect(api: Api, aadsts: int) -> None:
+    emulator(api, "PATCH", "/config", json={"revoked_error_code": aadsts})
+    user = connect_inside_margin(api)
+    emulator(api, "POST", f"/users/{MS_USER}/revoke")
+    response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
+    assert response.status_code == 401
+    detail = response.json()["detail"]
+    assert "GET /auth/integrations/microsoft/connect" in detail and "invalid_grant" in detail
+    current = status(api, user)
+    assert current["status"] == "reauthorization_required" and current["connected"] is False
+    # No hammering: later calls answer at once without asking Microsoft again.
+    count = refreshes(api)
+    assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 401
+    assert refreshes(api) == count
+    with httpx.Client() as browser:
+        assert connect(browser, api.url, user, MS_USER).status_code == 200
+    assert status(api, user)["status"] == "connected"
+    assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
+
+
+def test_outage_with_a_valid_token_breaks_nothing(api: Api) -> None:
+    user = connect_inside_margin(api)
+    emulator(api, "POST", "/faults", json={"target": "token", "status": 503, "count": 100})
+    response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
+    assert response.status_code == 200
+    current = status(api, user)
+    assert current["status"] == "connected" and current["refresh_failures"] >= 1
+    assert refresh_outcomes(api).get("success", 0) == 0  # it really was refused
+
+    emulator(api, "DELETE", "/faults")
+    assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
+    recovered = status(api, user)
+    assert recovered["refresh_failures"] == 0
+    assert datetime.fromisoformat(recovered["expires_at"]) > datetime.now(UTC) + timedelta(
+        minutes=50
+    )
+
+
+def test_outage_with_an_expired_token_answers_503_and_recovers(api: Api) -> None:
+    user = api.user("analyst@example.com")
+    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 1})
+    with httpx.Client() as browser:
+        assert connect(browser, api.url, user, MS_USER).status_code == 200
+    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 3599})
+    time.sleep(1.2)
+    emulator(api, "POST", "/faults", json={"target": "token", "status": 503, "count": 100})
+    response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert "retry later" in response.json()["detail"]
+    current = status(api, user)
+    assert current["status"] == "expired" and current["connected"] is True
+    assert current["is_expired"] is True
+
+    emulator(api, "DELETE", "/faults")
+    assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
+    assert status(api, user)["status"] == "connected"
+
+
+def test_metrics_count_refreshes(api: Api) -> None:
+    user = connect_inside_margin(api)
+    assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
+    metrics = httpx.get(f"{api.url}/metrics").text
+    assert 'tracecat_token_refreshes_total{outcome="refreshed"}' in metrics
+    assert "tracecat_graph_requests_total" in metrics
+    assert user.api_key not in metrics
+
+
+@pytest.fixture
+def sweeping_server(api: Api) -> Iterator[str]:
+    port = free_port()
+    settings = make_settings(
+        api.emulator,
+        api.database_url,
+        api.settings.tracecat_data_dir,
+        port,
+        tracecat_refresh_interval_seconds=1,
+    )
+    server = LiveServer(create_app(settings), port=port).start()
+    yield server.url
+    server.stop()
+
+
+def test_sweeper_refreshes_idle_tokens(api: Api, sweeping_server: str) -> None:
+    user = connect_inside_margin(api, sweeping_server)
+    deadline = time.monotonic() + 10
+    while refreshes(api) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert refresh_outcomes(api) == {"success": 1}
+    current = status(api, user)
+    assert datetime.fromisoformat(current["expires_at"]) > datetime.now(UTC) + timedelta(minutes=50)
+    time.sleep(1.5)  # further sweeps leave a fresh token alone
+    assert refreshes(api) == 1
+
+
+@pytest.fixture
+def two_processes(api: Api) -> Iterator[list[ServeProcess]]:
+    env = {
+        "MICROSOFT_CLIENT_ID": api.emulator.client_id,
+        "MICROSOFT_CLIENT_SECRET": api.emulator.client_secret,
+        "MICROSOFT_AUTHORITY_HOST": api.emulator.authority_host,
+        "MICROSOFT_GRAPH_URL": api.emulator.graph_url,
+        "MICROSOFT_CA_BUNDLE": str(api.emulator.ca_bundle),
+        "DATABASE_URL": api.database_url,
+        "TRACECAT_DATA_DIR": str(api.settings.tracecat_data_dir),
+        "TRACECAT_ENCRYPTION_KEYS": ENCRYPTION_KEY,
+        "TRACECAT_REFRESH_INTERVAL_SECONDS": "0",
+    }
+    processes = [ServeProcess(env), ServeProcess(env)]
+    try:
+        yield [p.wait_ready() for p in processes]
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def test_stampede_across_processes_refreshes_once(
+    api: Api, two_processes: list[ServeProcess]
+) -> None:
+    # Strict rotation: a second refresh with the same token would fail and log the user out.
+    emulator(api, "PATCH", "/config", json={"refresh_token_rotation": "strict"})
+    user = connect_inside_margin(api, two_processes[0].url)
+    emulator(api, "PATCH", "/config", json={"throttling": {"enabled": False}})
+
+    def call(i: int) -> int:
+        url = two_processes[i % 2].url
+        return httpx.get(f"{url}{BASE}/teams", headers=user.headers, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        codes = list(pool.map(call, range(24)))
+    assert codes == [200] * 24
+    assert refresh_outcomes(api) == {"success": 1}
+    assert status(api, user, two_processes[1].url)["status"] == "connected"
