@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
+import subprocess
 from pathlib import Path
 
 import asyncpg
@@ -32,10 +32,11 @@ def _raw_dump(api: Api) -> bytes:
     url = api.database_url
     if url.startswith("sqlite"):
         path = Path(url.removeprefix("sqlite:///"))
-        connection = sqlite3.connect(path)
-        connection.execute("PRAGMA wal_checkpoint(FULL)")
-        connection.close()
-        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+        # The database file and its write-ahead log: recent writes may be in either. Read by
+        # another process: closing any descriptor of the file here would drop the POSIX locks
+        # this process' SQLite connections hold on it.
+        files = sorted(str(p) for p in path.parent.glob(path.name + "*"))
+        return subprocess.run(["cat", *files], capture_output=True, check=True).stdout
 
     async def dump() -> bytes:
         connection = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
