@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
 
 import pytest
 import redis.asyncio as aioredis
 
 from tracecat.auth.integrations.pacing import (
+    MAX_MOVES,
     InProcessPacer,
     Pacer,
     RedisPacer,
@@ -142,3 +146,110 @@ def test_settings_choose_the_pacer():
     # Every client of the process shares one default pacer.
     settings = Settings(redis_url=None)
     assert default_pacer(settings) is default_pacer(Settings(redis_url=None))
+
+
+# -- schedules under Teams' real limits, booked with reserve() so nothing sleeps ---------------
+
+# Ten sends per channel need nine channel gaps (1 / 0.9 s), and a team's second channel can
+# start one team gap (1 / 3.6 s) after its first: no order can finish sooner.
+IDEAL = 9 / 0.9 + 1 / 3.6
+# Slack for a tenant gap between teams and for measuring bookings on our clock, not Redis.
+SLACK = 0.15
+TWO_CHANNELS = [("t", "a")] * 10 + [("t", "b")] * 10
+TWO_TEAMS = [(team, f"{team}-{c}") for team in ("t1", "t2") for c in "ab" for _ in range(10)]
+
+
+def shuffled(sends: list[tuple[str, str]], seed: int = 7) -> list[tuple[str, str]]:
+    sends = list(sends)
+    random.Random(seed).shuffle(sends)
+    return sends
+
+
+async def schedule(pacer: Pacer, sends: list[tuple[str, str]]) -> list[float]:
+    """Book each send in order; return when each may go, in seconds after the first one."""
+    booked = []
+    for team, channel in sends:
+        before = time.monotonic()
+        booked.append(before + await pacer.reserve(team, channel, "tenant"))
+    return [t - min(booked) for t in booked]
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most sends in any closed 1-second window (stricter than Microsoft's half-open one)."""
+    times = sorted(times)
+    return max(bisect_right(times, t + 1.0) - i for i, t in enumerate(times))
+
+
+def assert_within_limits(sends: list[tuple[str, str]], times: list[float]) -> None:
+    def per(key: Callable[[tuple[str, str]], object]) -> list[list[float]]:
+        groups: dict[object, list[float]] = {}
+        for send, t in zip(sends, times, strict=True):
+            groups.setdefault(key(send), []).append(t)
+        return list(groups.values())
+
+    assert max(busiest_second(ts) for ts in per(lambda send: send)) <= 1
+    assert max(busiest_second(ts) for ts in per(lambda send: send[0])) <= 4
+    assert busiest_second(times) <= 50
+
+
+@pytest.fixture(params=["in-process", "redis"])
+def teams_pacer(request: pytest.FixtureRequest, prefix: str) -> Pacer:
+    if request.param == "in-process":
+        return InProcessPacer()
+    return RedisPacer(request.getfixturevalue("redis_client"), prefix=prefix)
+
+
+@pytest.mark.parametrize(
+    "sends",
+    [TWO_CHANNELS, shuffled(TWO_CHANNELS), shuffled(TWO_TEAMS), shuffled(TWO_TEAMS, seed=3)],
+    ids=["grouped", "shuffled", "two-teams-shuffled", "two-teams-shuffled-again"],
+)
+async def test_any_arrival_order_finishes_as_fast_as_the_limits_allow(
+    teams_pacer: Pacer, sends: list[tuple[str, str]]
+):
+    # One channel's late bookings must not push back its siblings' earlier free team slots.
+    times = await schedule(teams_pacer, sends)
+    assert IDEAL - SLACK <= max(times) <= IDEAL + SLACK
+    assert_within_limits(sends, times)
+
+
+async def test_a_send_fills_a_hole_left_by_another_channel():
+    pacer = InProcessPacer()
+    await schedule(pacer, [("t", "a")] * 10)
+    # The team is free long before channel a's last booking.
+    assert await pacer.reserve("t", "b", "tenant") <= 1 / 3.6 + 0.01
+
+
+async def test_long_queue_on_one_channel_stays_evenly_spaced():
+    # Past MAX_MOVES bookings the search gives up and appends: still exactly one gap apart.
+    sends = [("t", "c")] * (MAX_MOVES + 50)
+    pacer = InProcessPacer(channel_per_second=100, team_per_second=1e5, tenant_per_second=1e5)
+    times = sorted(await schedule(pacer, sends))
+    gap = 1 / (100 * 0.9)
+    assert all(b - a == pytest.approx(gap, abs=1e-3) for a, b in pairwise(times))
+
+
+async def test_two_redis_pacers_never_exceed_a_limit(prefix: str, redis_client: aioredis.Redis):
+    # Two instances book a shuffled burst concurrently; Redis keeps the bookings themselves.
+    pacers = [RedisPacer(REDIS_URL, prefix=prefix), RedisPacer(redis_client, prefix=prefix)]
+    sends = shuffled(TWO_TEAMS, seed=11)
+    await asyncio.gather(
+        *(pacers[i % 2].reserve(team, channel, "tenant") for i, (team, channel) in enumerate(sends))
+    )
+    await pacers[0].aclose()
+
+    async def booked(key: str) -> list[float]:
+        return [score / 1e6 for _, score in await redis_client.zrange(key, 0, -1, withscores=True)]
+
+    base = f"{prefix}:{{tenant}}"
+    channels = sorted(set(sends))
+    for team, channel in channels:
+        assert busiest_second(await booked(f"{base}:channel:{team}:{channel}")) == 1
+    # The tenant key forgets bookings older than its own gap: gather the teams' instead.
+    every = []
+    for team in ("t1", "t2"):
+        times = await booked(f"{base}:team:{team}")
+        assert len(times) == 20 and busiest_second(times) <= 4
+        every += times
+    assert busiest_second(every) <= 50
+    assert max(every) - min(every) <= IDEAL + SLACK

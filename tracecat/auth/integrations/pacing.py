@@ -1,14 +1,16 @@
 """Pacing of Teams sends under Microsoft's published per-app limits.
 
-Each send reserves the earliest instant that its channel, team and tenant budgets all allow,
-then sleeps until then (spacing, GCRA-style), so a burst is spread out instead of running into
-429s. `InProcessPacer` keeps that state per process; `RedisPacer` keeps it in Redis so that
-several `serve` processes share one budget.
+Each send books the earliest instant at least one interval away from every booking of its
+channel, team and tenant (holes included, whatever the arrival order), then sleeps until then,
+so a burst is spread out instead of running into 429s. `InProcessPacer` keeps the bookings
+per process; `RedisPacer` keeps them in Redis so that several `serve` processes share one
+budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
 import time
 import weakref
@@ -30,6 +32,8 @@ TENANT_PER_SECOND = 50.0
 # Below the published rates: our clock and Graph's disagree by network jitter.
 SAFETY_FACTOR = 0.9
 DEFAULT_TENANT = "common"
+# Bookings a search may step over before it settles for the slot after all of them.
+MAX_MOVES = 256
 
 
 class LoopLocal(Generic[T]):
@@ -92,39 +96,89 @@ class Pacer(ABC):
 class InProcessPacer(Pacer):
     def __init__(self, **limits: float) -> None:
         super().__init__(**limits)
-        # key -> monotonic time from which the next send is allowed.
-        self._next: dict[tuple[str, ...], float] = {}
+        # Integer nanoseconds: a slot placed at booking + gap must not seem to conflict with it.
+        self._gaps = tuple(round(interval * 1e9) for interval in self.intervals)
+        # key -> sorted monotonic_ns times booked on it (the recent past and the future).
+        self._booked: dict[tuple[str, ...], list[int]] = {}
         # A threading lock, not an asyncio one: the pacer may be shared by several loops.
         self._lock = threading.Lock()
 
     async def reserve(self, team_id: str, channel_id: str, tenant_id: str) -> float:
         keys = (("channel", team_id, channel_id), ("team", team_id), ("tenant", tenant_id))
         with self._lock:
-            now = time.monotonic()
-            start = max([now, *(self._next.get(key, now) for key in keys)])
-            for key, interval in zip(keys, self.intervals, strict=True):
-                self._next[key] = start + interval
-            if len(self._next) > 10_000:
-                self._next = {k: v for k, v in self._next.items() if v > now}
-            return start - now
+            now = time.monotonic_ns()
+            booked = [self._booked.setdefault(key, []) for key in keys]
+            for times, gap in zip(booked, self._gaps, strict=True):
+                # A booking at least `gap` ago can no longer conflict with one at or after now.
+                del times[: bisect.bisect_right(times, now - gap)]
+            start = _earliest_slot(now, booked, self._gaps)
+            for times in booked:
+                bisect.insort(times, start)
+            if len(self._booked) > 10_000:
+                horizon = now - max(self._gaps)
+                self._booked = {k: v for k, v in self._booked.items() if v and v[-1] > horizon}
+            return (start - now) / 1e9
 
 
-# Redis' own clock is the one every instance shares. Times are in microseconds.
-# KEYS: channel, team, tenant; ARGV: their intervals. Returns the wait in microseconds.
+def _earliest_slot(now: int, booked: list[list[int]], gaps: tuple[int, ...]) -> int:
+    """The earliest t >= now at least `gap` away from every booking of each key.
+
+    Sends at least 1 / (rate * safety) apart never exceed the rate in any sliding second, and
+    unlike one "next free" time per key, this lets a send fill a hole that other keys left.
+    """
+    keys = list(zip(booked, gaps, strict=True))
+    t, moves, moved = now, 0, True
+    while moved and moves <= MAX_MOVES:
+        moved = False
+        for times, gap in keys:
+            # The latest booking closer than `gap` to t, if any: t must clear it.
+            i = bisect.bisect_left(times, t + gap) - 1
+            if i >= 0 and times[i] > t - gap:
+                t, moved, moves = times[i] + gap, True, moves + 1
+    if moved:
+        # Bounded work per send: after every booking is always free.
+        t = max([now, *(times[-1] + gap for times, gap in keys if times)])
+    return t
+
+
+# Redis' own clock is the one every instance shares. Times are in microseconds. Each key is a
+# sorted set of booked times; a time is its own member, unique since bookings of a key are
+# at least its gap apart. The search is `_earliest_slot`, kept atomic by running in Redis.
+# KEYS: channel, team, tenant; ARGV: their gaps, then MAX_MOVES. Returns the wait in µs.
 _RESERVE_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local start = now
+local function fmt(x) return string.format('%.0f', x) end
+local gaps = {}
 for i = 1, #KEYS do
-  local booked = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if booked > start then start = booked end
+  gaps[i] = tonumber(ARGV[i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', fmt(now - gaps[i]))
+end
+local max_moves = tonumber(ARGV[#KEYS + 1])
+local t, moves, moved = now, 0, true
+while moved and moves <= max_moves do
+  moved = false
+  for i = 1, #KEYS do
+    local hit = redis.call('ZREVRANGEBYSCORE', KEYS[i], '(' .. fmt(t + gaps[i]),
+      '(' .. fmt(t - gaps[i]), 'WITHSCORES', 'LIMIT', 0, 1)
+    if #hit > 0 then
+      t, moved, moves = tonumber(hit[2]) + gaps[i], true, moves + 1
+    end
+  end
+end
+if moved then
+  t = now
+  for i = 1, #KEYS do
+    local last = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
+    if #last > 0 and tonumber(last[2]) + gaps[i] > t then t = tonumber(last[2]) + gaps[i] end
+  end
 end
 for i = 1, #KEYS do
-  local next_free = start + tonumber(ARGV[i])
-  local ttl_ms = math.ceil((next_free - now) / 1000) + 1000
-  redis.call('SET', KEYS[i], string.format('%.0f', next_free), 'PX', ttl_ms)
+  redis.call('ZADD', KEYS[i], fmt(t), fmt(t))
+  local last = tonumber(redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')[2])
+  redis.call('PEXPIRE', KEYS[i], math.ceil((last + gaps[i] - now) / 1000) + 1000)
 end
-return start - now
+return t - now
 """
 
 
@@ -154,8 +208,8 @@ class RedisPacer(Pacer):
         # The tenant hash tag keeps all three keys in one Redis Cluster slot.
         base = f"{self.prefix}:{{{tenant_id}}}"
         keys = [f"{base}:channel:{team_id}:{channel_id}", f"{base}:team:{team_id}", base]
-        intervals = [round(interval * 1_000_000) for interval in self.intervals]
-        waited = await self._client().eval(_RESERVE_SCRIPT, len(keys), *keys, *intervals)
+        gaps = [max(1, round(interval * 1_000_000)) for interval in self.intervals]
+        waited = await self._client().eval(_RESERVE_SCRIPT, len(keys), *keys, *gaps, MAX_MOVES)
         return max(0, int(waited)) / 1_000_000
 
     async def aclose(self) -> None:
