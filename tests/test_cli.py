@@ -14,7 +14,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from tests.conftest import Api, truncate_all
 from tests.utils.flows import connect
 from tests.utils.server import CLI, clean_environment
-from tracecat.auth.service import UserService
+from tracecat.auth.service import authenticate
 from tracecat.db import Database
 from tracecat.exceptions import AuthenticationError
 
@@ -37,9 +37,8 @@ def _authenticates(database_url: str, api_key: str) -> bool:
     async def check() -> bool:
         database = Database(database_url)
         try:
-            async with database.session() as session:
-                await UserService(session).authenticate(api_key)
-                return True
+            await authenticate(database.engine, api_key)
+            return True
         except AuthenticationError:
             return False
         finally:

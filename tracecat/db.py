@@ -7,13 +7,15 @@ drivers are this module's business.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import DateTime, LargeBinary, MetaData, TypeDecorator, event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy import DateTime, Executable, LargeBinary, MetaData, Row, TypeDecorator, event
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -102,15 +104,19 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(parsed, pool_size=10, max_overflow=20)
 
 
 def _sqlite_begin(connection: Connection) -> None:
     # pysqlite's own transaction handling is off (see _sqlite_pragmas), so SQLAlchemy emits
     # BEGIN itself; a connection that asks for it takes the write lock up front, the
     # SQLite stand-in for a row lock.
-    immediate = connection.get_execution_options().get("sqlite_begin_immediate")
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    options = connection.get_execution_options()
+    if options.get("read_only_autocommit"):
+        return
+    connection.exec_driver_sql(
+        "BEGIN IMMEDIATE" if options.get("sqlite_begin_immediate") else "BEGIN"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
@@ -120,6 +126,40 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+_sqlite_readers: dict[str, Engine] = {}
+
+
+def _sqlite_reader(engine: AsyncEngine) -> Engine:
+    """A synchronous twin of an SQLite engine, for the one-row reads of the hot paths."""
+    url = engine.url.set(drivername="sqlite")
+    key = url.render_as_string(hide_password=False)
+    reader = _sqlite_readers.get(key)
+    if reader is None:
+        reader = create_sync_engine(url, connect_args={"check_same_thread": False})
+        event.listen(reader, "connect", _sqlite_pragmas)
+        _sqlite_readers[key] = reader
+    return reader
+
+
+async def fetch_all(
+    engine: AsyncEngine, query: Executable, params: dict[str, Any] | None = None
+) -> Sequence[Row[Any]]:
+    """Run one read-only statement with no BEGIN/ROLLBACK around it (one statement is
+    consistent on its own); the API-key check and status go through here on every request.
+
+    On SQLite the statement runs right in the event loop: an indexed read of a row takes
+    microseconds, far less than aiosqlite's several thread hops, and in WAL mode readers never
+    wait for writers. Pass a statement built once, with bind parameters: building one costs
+    more than running it.
+    """
+    if is_sqlite(engine):
+        with _sqlite_reader(engine).connect() as connection:
+            return connection.execute(query, params).all()
+    async with engine.connect() as connection:
+        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        return (await connection.execute(query, params)).all()
 
 
 class Database:

@@ -10,8 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tracecat.auth.integrations.service import IntegrationService
-from tracecat.auth.models import User
-from tracecat.auth.service import UserService
+from tracecat.auth.service import Principal, authenticate
 from tracecat.config import Settings
 from tracecat.exceptions import AuthenticationError
 
@@ -36,15 +35,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
 async def get_current_user(
-    session: SessionDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
+) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError("missing API key: send `Authorization: Bearer <api key>`")
-    return await UserService(session).authenticate(credentials.credentials)
+    return await authenticate(request.app.state.db.engine, credentials.credentials)
 
 
-CurrentUser = Annotated[User, Depends(get_current_user)]
+CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
 
 def get_integration_service(request: Request, session: SessionDep) -> IntegrationService:

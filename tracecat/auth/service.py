@@ -6,13 +6,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from tracecat.auth.models import ApiKey, User
 from tracecat.crypto import hash_secret, new_api_key
+from tracecat.db import fetch_all
 from tracecat.exceptions import AuthenticationError, BadRequestError, ConflictError, NotFoundError
 
 
@@ -25,6 +26,30 @@ class IssuedKey:
 
     def as_json(self) -> dict[str, str]:
         return {"id": str(self.user.id), "email": self.user.email, "api_key": self.api_key}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The user an API key belongs to: all a request needs to know about its caller."""
+
+    id: uuid.UUID
+    email: str
+
+
+_AUTHENTICATE = (
+    select(User.id, User.email)
+    .join(ApiKey)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+
+
+async def authenticate(engine: AsyncEngine, api_key: str) -> Principal:
+    """One indexed lookup of the key's hash: cheap enough for every request, with no cache,
+    so a revoked key stops working at once."""
+    rows = await fetch_all(engine, _AUTHENTICATE, {"key_hash": hash_secret(api_key)})
+    if not rows:
+        raise AuthenticationError("invalid or revoked API key")
+    return Principal(id=rows[0].id, email=rows[0].email)
 
 
 def normalize_email(email: str) -> str:
@@ -81,17 +106,6 @@ class UserService:
         user = await self.get_by_email(email)
         await self.session.delete(user)
         await self.session.commit()
-
-    async def authenticate(self, api_key: str) -> User:
-        """One indexed lookup by hash: cheap enough for every request."""
-        user = await self.session.scalar(
-            select(User)
-            .join(ApiKey)
-            .where(ApiKey.key_hash == hash_secret(api_key), ApiKey.revoked_at.is_(None))
-        )
-        if user is None:
-            raise AuthenticationError("invalid or revoked API key")
-        return user
 
     async def _issue_key(self, user: User) -> IssuedKey:
         api_key = new_api_key()

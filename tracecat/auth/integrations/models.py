@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -88,13 +89,46 @@ class UserIntegration(Base):
             return False
         return datetime.now(UTC) + timedelta(seconds=margin_seconds) >= self.expires_at
 
+
+@dataclass(frozen=True)
+class IntegrationView:
+    """What may be shown of a connection: every column but the tokens."""
+
+    provider: str
+    status: str
+    expires_at: datetime | None
+    scope: str
+    provider_metadata: dict[str, Any]
+    has_refresh_token: bool
+    last_refreshed_at: datetime | None
+    refresh_failures: int
+
+    @classmethod
+    def columns(cls) -> tuple[Any, ...]:
+        """The SELECT list, in field order, so a read never decrypts a token."""
+        c = UserIntegration
+        return (
+            c.provider,
+            c.status,
+            c.expires_at,
+            c.scope,
+            c.provider_metadata,
+            c.refresh_token.is_not(None),
+            c.last_refreshed_at,
+            c.refresh_failures,
+        )
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and datetime.now(UTC) >= self.expires_at
+
     @property
     def public_status(self) -> IntegrationStatus:
         if self.status == GrantState.REVOKED:
             return IntegrationStatus.REAUTHORIZATION_REQUIRED
         if not self.is_expired:
             return IntegrationStatus.CONNECTED
-        if self.refresh_token and self.status == GrantState.ACTIVE:
+        if self.has_refresh_token and self.status == GrantState.ACTIVE:
             return IntegrationStatus.CONNECTED
         return IntegrationStatus.EXPIRED
 
@@ -121,12 +155,12 @@ class IntegrationSummary(BaseModel):
     account: Account | None
 
     @classmethod
-    def from_integration(cls, integration: UserIntegration) -> IntegrationSummary:
+    def from_view(cls, integration: IntegrationView) -> IntegrationSummary:
         return cls(
             provider=integration.provider,
             status=integration.public_status,
             expires_at=integration.expires_at,
-            scopes=integration.scopes,
+            scopes=integration.scope.split(),
             account=Account(**integration.provider_metadata.get("account", {})),
         )
 
@@ -138,7 +172,7 @@ class StatusResponse(IntegrationSummary):
     refresh_failures: int = 0
 
     @classmethod
-    def for_integration(cls, integration: UserIntegration | None) -> StatusResponse:
+    def from_view(cls, integration: IntegrationView | None) -> StatusResponse:
         if integration is None:
             return cls(
                 provider=MICROSOFT_TEAMS,
@@ -149,7 +183,7 @@ class StatusResponse(IntegrationSummary):
                 scopes=[],
                 account=None,
             )
-        summary = IntegrationSummary.from_integration(integration)
+        summary = IntegrationSummary.from_view(integration)
         return cls(
             **summary.model_dump(),
             connected=summary.status in (IntegrationStatus.CONNECTED, IntegrationStatus.EXPIRED),

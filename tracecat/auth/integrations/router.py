@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from tracecat.auth.integrations.models import (
+    MICROSOFT_TEAMS,
     ConnectResponse,
     IntegrationSummary,
     SendMessageRequest,
@@ -64,16 +65,15 @@ async def disconnect(user: CurrentUser, service: IntegrationServiceDep) -> None:
 
 @router.get("/microsoft/status", response_model=StatusResponse)
 async def get_status(user: CurrentUser, service: IntegrationServiceDep) -> StatusResponse:
-    return StatusResponse.for_integration(await service.get_user_integration(user_id=user.id))
+    views = await service.list_views(user.id, MICROSOFT_TEAMS)
+    return StatusResponse.from_view(views[0] if views else None)
 
 
 @router.get("/integrations", response_model=list[IntegrationSummary])
 async def list_integrations(
     user: CurrentUser, service: IntegrationServiceDep
 ) -> list[IntegrationSummary]:
-    return [
-        IntegrationSummary.from_integration(i) for i in await service.list_integrations(user.id)
-    ]
+    return [IntegrationSummary.from_view(view) for view in await service.list_views(user.id)]
 
 
 # --- Teams ----------------------------------------------------------------------------------

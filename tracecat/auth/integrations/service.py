@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from anyio import to_thread
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tracecat.auth.integrations.microsoft import (
@@ -39,12 +39,13 @@ from tracecat.auth.integrations.models import (
     MICROSOFT_TEAMS,
     OAUTH_STATE_LIFETIME,
     GrantState,
+    IntegrationView,
     OAuthState,
     UserIntegration,
 )
 from tracecat.config import Settings, get_settings
 from tracecat.crypto import hash_secret
-from tracecat.db import Database
+from tracecat.db import Database, fetch_all
 from tracecat.exceptions import (
     CONNECT_HINT,
     BadRequestError,
@@ -64,6 +65,15 @@ T = TypeVar("T")
 
 # Transient refresh failures are retried this many times, with these pauses (seconds).
 REFRESH_RETRY_DELAYS = (0.5, 1.5)
+
+
+# Built once: building a statement costs more than running it on the hot read paths.
+_VIEW_ALL = (
+    select(*IntegrationView.columns())
+    .where(UserIntegration.user_id == bindparam("user_id"))
+    .order_by(UserIntegration.provider)
+)
+_VIEW_ONE = _VIEW_ALL.where(UserIntegration.provider == bindparam("provider"))
 
 
 class IntegrationService:
@@ -120,13 +130,17 @@ class IntegrationService:
             )
         )
 
-    async def list_integrations(self, user_id: uuid.UUID) -> list[UserIntegration]:
-        result = await self.session.scalars(
-            select(UserIntegration)
-            .where(UserIntegration.user_id == user_id)
-            .order_by(UserIntegration.provider)
-        )
-        return list(result)
+    async def list_views(
+        self, user_id: uuid.UUID, provider: str | None = None
+    ) -> list[IntegrationView]:
+        """The user's connections without their tokens: one statement, no transaction."""
+        engine = self.session.bind
+        assert isinstance(engine, AsyncEngine)
+        if provider:
+            rows = await fetch_all(engine, _VIEW_ONE, {"user_id": user_id, "provider": provider})
+        else:
+            rows = await fetch_all(engine, _VIEW_ALL, {"user_id": user_id})
+        return [IntegrationView(*row) for row in rows]
 
     async def require_integration(self, user_id: uuid.UUID) -> UserIntegration:
         integration = await self.get_user_integration(user_id=user_id)
