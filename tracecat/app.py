@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.router import router as integrations_router
 from tracecat.auth.integrations.service import RefreshLocks, run_sweeper
+from tracecat.cache import ReadCache
 from tracecat.config import Settings
 from tracecat.crypto import DecryptionError, Keyring, set_keyring
 from tracecat.db import Database
@@ -38,10 +39,17 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         app.state.db = database or Database.from_settings(settings)
         app.state.provider = MicrosoftOAuthProvider(settings)
         app.state.refresh_locks = RefreshLocks()
+        app.state.cache = ReadCache(settings.tracecat_cache_seconds)
         sweeper = None
         if settings.tracecat_refresh_interval_seconds > 0:
             sweeper = asyncio.create_task(
-                run_sweeper(app.state.db, settings, app.state.provider, app.state.refresh_locks)
+                run_sweeper(
+                    app.state.db,
+                    settings,
+                    app.state.provider,
+                    app.state.refresh_locks,
+                    app.state.cache,
+                )
             )
         try:
             yield

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     tracecat_encryption_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     tracecat_refresh_margin_seconds: int = 300
     tracecat_refresh_interval_seconds: int = 60
+    tracecat_cache_seconds: float = 5.0
+    tracecat_database_pool_size: int = 10
     tracecat_log_level: str = "INFO"
 
     @field_validator("microsoft_extra_scopes", "tracecat_encryption_keys", mode="before")

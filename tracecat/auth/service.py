@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from tracecat.auth.models import ApiKey, User
+from tracecat.cache import NO_CACHE, ReadCache
 from tracecat.crypto import hash_secret, new_api_key
 from tracecat.db import fetch_all
 from tracecat.exceptions import AuthenticationError, BadRequestError, ConflictError, NotFoundError
@@ -43,13 +44,18 @@ _AUTHENTICATE = (
 )
 
 
-async def authenticate(engine: AsyncEngine, api_key: str) -> Principal:
-    """One indexed lookup of the key's hash: cheap enough for every request, with no cache,
-    so a revoked key stops working at once."""
-    rows = await fetch_all(engine, _AUTHENTICATE, {"key_hash": hash_secret(api_key)})
-    if not rows:
-        raise AuthenticationError("invalid or revoked API key")
-    return Principal(id=rows[0].id, email=rows[0].email)
+async def authenticate(engine: AsyncEngine, api_key: str, cache: ReadCache = NO_CACHE) -> Principal:
+    """One indexed lookup of the key's hash, remembered for the cache's TTL (so a key
+    revoked by the CLI stops working within TTL seconds). Failures are never cached."""
+    key_hash = hash_secret(api_key)
+    principal: Principal | None = cache.get("api_key", key_hash)
+    if principal is None:
+        rows = await fetch_all(engine, _AUTHENTICATE, {"key_hash": key_hash})
+        if not rows:
+            raise AuthenticationError("invalid or revoked API key")
+        principal = Principal(id=rows[0].id, email=rows[0].email)
+        cache.put("api_key", key_hash, principal)
+    return principal
 
 
 def normalize_email(email: str) -> str:

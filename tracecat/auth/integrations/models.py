@@ -20,6 +20,11 @@ MICROSOFT_TEAMS = "microsoft-teams"
 OAUTH_STATE_LIFETIME = timedelta(minutes=10)
 
 
+def expires_within(expires_at: datetime | None, seconds: float = 0) -> bool:
+    """Whether a token with this expiry is (or within `seconds` will be) expired."""
+    return expires_at is not None and datetime.now(UTC) + timedelta(seconds=seconds) >= expires_at
+
+
 class IntegrationStatus(StrEnum):
     CONNECTED = "connected"
     EXPIRED = "expired"
@@ -82,12 +87,10 @@ class UserIntegration(Base):
 
     @property
     def is_expired(self) -> bool:
-        return self.expires_at is not None and datetime.now(UTC) >= self.expires_at
+        return expires_within(self.expires_at)
 
     def needs_refresh(self, margin_seconds: int) -> bool:
-        if self.expires_at is None:
-            return False
-        return datetime.now(UTC) + timedelta(seconds=margin_seconds) >= self.expires_at
+        return expires_within(self.expires_at, margin_seconds)
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class IntegrationView:
 
     @property
     def is_expired(self) -> bool:
-        return self.expires_at is not None and datetime.now(UTC) >= self.expires_at
+        return expires_within(self.expires_at)
 
     @property
     def public_status(self) -> IntegrationStatus:
@@ -131,6 +134,29 @@ class IntegrationView:
         if self.has_refresh_token and self.status == GrantState.ACTIVE:
             return IntegrationStatus.CONNECTED
         return IntegrationStatus.EXPIRED
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The token side of a connection, as the Graph calls need it."""
+
+    id: uuid.UUID
+    access_token: str
+    expires_at: datetime | None
+    status: str
+    token_version: int
+    last_error: str | None
+
+    @classmethod
+    def columns(cls) -> tuple[Any, ...]:
+        c = UserIntegration
+        return (c.id, c.access_token, c.expires_at, c.status, c.token_version, c.last_error)
+
+    def __repr__(self) -> str:  # never the token
+        return f"Grant(id={self.id}, expires_at={self.expires_at}, status={self.status})"
+
+    def needs_refresh(self, margin_seconds: int) -> bool:
+        return expires_within(self.expires_at, margin_seconds)
 
 
 # --- API schemas -------------------------------------------------------------------------

@@ -38,11 +38,13 @@ from tracecat.auth.integrations.microsoft import (
 from tracecat.auth.integrations.models import (
     MICROSOFT_TEAMS,
     OAUTH_STATE_LIFETIME,
+    Grant,
     GrantState,
     IntegrationView,
     OAuthState,
     UserIntegration,
 )
+from tracecat.cache import NO_CACHE, ReadCache
 from tracecat.config import Settings, get_settings
 from tracecat.crypto import hash_secret
 from tracecat.db import Database, fetch_all
@@ -68,33 +70,43 @@ REFRESH_RETRY_DELAYS = (0.5, 1.5)
 
 
 # Built once: building a statement costs more than running it on the hot read paths.
-_VIEW_ALL = (
+_VIEWS = (
     select(*IntegrationView.columns())
     .where(UserIntegration.user_id == bindparam("user_id"))
     .order_by(UserIntegration.provider)
 )
-_VIEW_ONE = _VIEW_ALL.where(UserIntegration.provider == bindparam("provider"))
+_GRANT = select(*Grant.columns()).where(
+    UserIntegration.user_id == bindparam("user_id"),
+    UserIntegration.provider == bindparam("provider"),
+)
+_DUE = select(UserIntegration.id).where(
+    UserIntegration.expires_at <= bindparam("horizon"),
+    UserIntegration.refresh_token.is_not(None),
+    UserIntegration.status != GrantState.REVOKED,
+)
 
 
 class IntegrationService:
     def __init__(
         self,
-        session: AsyncSession,
+        database: Database,
         settings: Settings | None = None,
         provider: MicrosoftOAuthProvider | None = None,
         refresh_locks: RefreshLocks | None = None,
+        cache: ReadCache = NO_CACHE,
     ) -> None:
-        self.session = session
+        self.database = database
         self.settings = settings or get_settings()
         self._provider = provider
         self.refresh_locks = refresh_locks or RefreshLocks()
+        self.cache = cache
 
     @classmethod
     @asynccontextmanager
     async def with_session(
         cls, settings: Settings | None = None
     ) -> AsyncIterator[IntegrationService]:
-        """For scripts and workers: a service with its own database connection.
+        """For scripts and workers: a service with its own database connections.
 
         Usage::
 
@@ -107,8 +119,7 @@ class IntegrationService:
         database = Database.from_settings(settings)
         provider = MicrosoftOAuthProvider(settings)
         try:
-            async with database.session() as session:
-                yield cls(session, settings, provider)
+            yield cls(database, settings, provider)
         finally:
             provider.close()
             await database.dispose()
@@ -124,29 +135,42 @@ class IntegrationService:
     async def get_user_integration(
         self, *, user_id: uuid.UUID | str, provider: str = MICROSOFT_TEAMS
     ) -> UserIntegration | None:
-        return await self.session.scalar(
-            select(UserIntegration).where(
-                UserIntegration.user_id == _as_uuid(user_id), UserIntegration.provider == provider
+        """The connection with its tokens (decrypted), detached from any session."""
+        async with self.database.session() as session:
+            return await session.scalar(
+                select(UserIntegration).where(
+                    UserIntegration.user_id == _as_uuid(user_id),
+                    UserIntegration.provider == provider,
+                )
             )
-        )
 
     async def list_views(
         self, user_id: uuid.UUID, provider: str | None = None
     ) -> list[IntegrationView]:
         """The user's connections without their tokens: one statement, no transaction."""
-        engine = self.session.bind
-        assert isinstance(engine, AsyncEngine)
-        if provider:
-            rows = await fetch_all(engine, _VIEW_ONE, {"user_id": user_id, "provider": provider})
-        else:
-            rows = await fetch_all(engine, _VIEW_ALL, {"user_id": user_id})
-        return [IntegrationView(*row) for row in rows]
+        views: list[IntegrationView] | None = self.cache.get("views", user_id)
+        if views is None:
+            rows = await fetch_all(self._engine, _VIEWS, {"user_id": user_id})
+            views = [IntegrationView(*row) for row in rows]
+            self.cache.put("views", user_id, views)
+        return [view for view in views if provider in (None, view.provider)]
 
-    async def require_integration(self, user_id: uuid.UUID) -> UserIntegration:
-        integration = await self.get_user_integration(user_id=user_id)
-        if integration is None:
-            raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
-        return integration
+    async def get_grant(self, user_id: uuid.UUID) -> Grant:
+        """The token side of the user's Teams connection, without holding a connection."""
+        grant: Grant | None = self.cache.get("grant", user_id)
+        if grant is None:
+            rows = await fetch_all(
+                self._engine, _GRANT, {"user_id": user_id, "provider": MICROSOFT_TEAMS}
+            )
+            if not rows:
+                raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
+            grant = Grant(*rows[0])
+            self.cache.put("grant", user_id, grant)
+        return grant
+
+    @property
+    def _engine(self) -> AsyncEngine:
+        return self.database.engine
 
     # --- connecting -----------------------------------------------------------------------
 
@@ -158,18 +182,19 @@ class IntegrationService:
         """
         flow = await to_thread.run_sync(self.provider.initiate, self.settings.redirect_uri())
         now = datetime.now(UTC)
-        await self.session.execute(delete(OAuthState).where(OAuthState.expires_at < now))
-        self.session.add(
-            OAuthState(
-                state_hash=hash_secret(flow["state"]),
-                user_id=user_id,
-                provider=MICROSOFT_TEAMS,
-                browser_hash=hash_secret(browser_id),
-                flow=json.dumps(flow),
-                expires_at=now + OAUTH_STATE_LIFETIME,
+        async with self.database.session() as session:
+            await session.execute(delete(OAuthState).where(OAuthState.expires_at < now))
+            session.add(
+                OAuthState(
+                    state_hash=hash_secret(flow["state"]),
+                    user_id=user_id,
+                    provider=MICROSOFT_TEAMS,
+                    browser_hash=hash_secret(browser_id),
+                    flow=json.dumps(flow),
+                    expires_at=now + OAUTH_STATE_LIFETIME,
+                )
             )
-        )
-        await self.session.commit()
+            await session.commit()
         return flow["auth_uri"]
 
     async def complete_connect(
@@ -188,55 +213,68 @@ class IntegrationService:
             raise BadRequestError("the callback has neither a code nor an error")
         flow: dict[str, Any] = json.loads(pending.flow)
         tokens = await to_thread.run_sync(self.provider.complete, flow, params)
-        integration = await self.get_user_integration(user_id=pending.user_id)
-        if integration is None:
-            integration = UserIntegration(user_id=pending.user_id, provider=MICROSOFT_TEAMS)
-            self.session.add(integration)
-            integration.token_version = 0
-        self._store_tokens(integration, tokens)
-        await self.session.commit()
+        async with self.database.session() as session:
+            integration = await session.scalar(
+                select(UserIntegration).where(
+                    UserIntegration.user_id == pending.user_id,
+                    UserIntegration.provider == MICROSOFT_TEAMS,
+                )
+            )
+            if integration is None:
+                integration = UserIntegration(user_id=pending.user_id, provider=MICROSOFT_TEAMS)
+                session.add(integration)
+                integration.token_version = 0
+            self._store_tokens(integration, tokens)
+            await session.commit()
+        self.cache.forget_user(pending.user_id)
         logger.info("User %s connected Microsoft account", pending.user_id)
         return integration
 
     async def _consume_state(self, state: str, browser_id: str | None) -> OAuthState:
         state_hash = hash_secret(state)
-        # Delete-returning takes the row exactly once even when two callbacks race.
-        pending = await self.session.scalar(
-            delete(OAuthState)
-            .where(
-                OAuthState.state_hash == state_hash,
-                OAuthState.browser_hash == hash_secret(browser_id or ""),
-            )
-            .returning(OAuthState)
-        )
-        await self.session.commit()
-        if pending is None:
-            if await self.session.get(OAuthState, state_hash) is not None:
-                raise BadRequestError(
-                    "this sign-in was started in another browser: finish it where it started, "
-                    "or see the README on finishing a flow started with curl"
+        async with self.database.session() as session:
+            # Delete-returning takes the row exactly once even when two callbacks race.
+            pending = await session.scalar(
+                delete(OAuthState)
+                .where(
+                    OAuthState.state_hash == state_hash,
+                    OAuthState.browser_hash == hash_secret(browser_id or ""),
                 )
-            raise BadRequestError("unknown or already used sign-in state: start again")
+                .returning(OAuthState)
+            )
+            await session.commit()
+            if pending is None:
+                if await session.get(OAuthState, state_hash) is not None:
+                    raise BadRequestError(
+                        "this sign-in was started in another browser: finish it where it "
+                        "started, or see the README on finishing a flow started with curl"
+                    )
+                raise BadRequestError("unknown or already used sign-in state: start again")
         if pending.is_expired:
             raise BadRequestError("this sign-in expired (10 minutes): start again")
         return pending
 
     async def disconnect(self, user_id: uuid.UUID) -> None:
-        result = await self.session.execute(
-            delete(UserIntegration).where(
-                UserIntegration.user_id == user_id, UserIntegration.provider == MICROSOFT_TEAMS
+        async with self.database.session() as session:
+            result = await session.execute(
+                delete(UserIntegration).where(
+                    UserIntegration.user_id == user_id,
+                    UserIntegration.provider == MICROSOFT_TEAMS,
+                )
             )
-        )
-        await self.session.execute(delete(OAuthState).where(OAuthState.user_id == user_id))
-        await self.session.commit()
+            await session.execute(delete(OAuthState).where(OAuthState.user_id == user_id))
+            await session.commit()
+        self.cache.forget_user(user_id)
         if not result.rowcount:
             raise NotFoundError("Microsoft Teams is not connected")
         logger.info("User %s disconnected Microsoft account", user_id)
 
     async def require_scope(self, user_id: uuid.UUID, scope: str) -> None:
         """Refuse early, with the fix, a call Graph would refuse for a scope never granted."""
-        integration = await self.require_integration(user_id)
-        granted = {s.rsplit("/", 1)[-1].lower() for s in integration.scopes}
+        views = await self.list_views(user_id, MICROSOFT_TEAMS)
+        if not views:
+            raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
+        granted = {s.rsplit("/", 1)[-1].lower() for s in views[0].scope.split()}
         if scope.lower() not in granted:
             raise ForbiddenError(
                 f"this needs the {scope} permission, which was not granted: set "
@@ -273,15 +311,16 @@ class IntegrationService:
     async def get_access_token(self, user_id: uuid.UUID, *, force_refresh: bool = False) -> str:
         """A usable access token, refreshed first when it is inside the refresh margin.
 
-        `force_refresh` is for a token Graph rejected although we thought it valid.
+        `force_refresh` is for a token Graph rejected although we thought it valid. No
+        database connection is held while waiting for a neighbour's refresh or for Graph.
         """
-        integration = await self.require_integration(user_id)
-        if integration.status == GrantState.REVOKED:
-            raise ReauthorizationRequiredError(integration.last_error or "refresh refused")
+        grant = await self.get_grant(user_id)
+        if grant.status == GrantState.REVOKED:
+            raise ReauthorizationRequiredError(grant.last_error or "refresh refused")
         margin = self.settings.tracecat_refresh_margin_seconds
-        if not force_refresh and not integration.needs_refresh(margin):
-            return integration.access_token
-        return await self.refresh(integration.id, seen_version=integration.token_version)
+        if not force_refresh and not grant.needs_refresh(margin):
+            return grant.access_token
+        return await self.refresh(grant.id, seen_version=grant.token_version)
 
     async def refresh(self, integration_id: uuid.UUID, *, seen_version: int | None = None) -> str:
         """Refresh under the grant's lock; see the module docstring for the guarantees.
@@ -299,15 +338,15 @@ class IntegrationService:
                 REFRESH_SECONDS.observe(time.perf_counter() - started)
 
     async def _refresh_locked(self, integration_id: uuid.UUID, seen_version: int | None) -> str:
-        engine = self.session.bind
-        assert isinstance(engine, AsyncEngine)
         margin = self.settings.tracecat_refresh_margin_seconds
-        async with _locked_session(engine) as session:
+        async with _locked_session(self._engine) as session:
             integration = await session.get(
                 UserIntegration, integration_id, with_for_update=True, populate_existing=True
             )
             if integration is None:
                 raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
+            # Whatever happens next changes or confirms the row: cached reads must go.
+            self.cache.forget_user(integration.user_id)
             if integration.status == GrantState.REVOKED:
                 raise ReauthorizationRequiredError(integration.last_error or "refresh refused")
             moved_on = seen_version is not None and integration.token_version != seen_version
@@ -339,17 +378,11 @@ class IntegrationService:
     async def refresh_due(self) -> int:
         """Refresh every grant inside the margin (the sweeper's pass); returns how many were
         attempted. Each goes through `refresh`, so it never races a request doing the same."""
-        horizon = datetime.now(UTC) + timedelta(
-            seconds=self.settings.tracecat_refresh_margin_seconds
-        )
-        due = await self.session.scalars(
-            select(UserIntegration.id).where(
-                UserIntegration.expires_at <= horizon,
-                UserIntegration.refresh_token.is_not(None),
-                UserIntegration.status != GrantState.REVOKED,
-            )
-        )
-        ids = list(due)
+        margin = timedelta(seconds=self.settings.tracecat_refresh_margin_seconds)
+        ids = [
+            row.id
+            for row in await fetch_all(self._engine, _DUE, {"horizon": datetime.now(UTC) + margin})
+        ]
         for integration_id in ids:
             try:
                 await self.refresh(integration_id)
@@ -422,16 +455,19 @@ class RefreshLocks:
 
 
 async def run_sweeper(
-    database: Database, settings: Settings, provider: MicrosoftOAuthProvider, locks: RefreshLocks
+    database: Database,
+    settings: Settings,
+    provider: MicrosoftOAuthProvider,
+    locks: RefreshLocks,
+    cache: ReadCache,
 ) -> None:
     """Refresh due tokens every TRACECAT_REFRESH_INTERVAL_SECONDS, so idle users stay
     connected and their refresh tokens stay alive. Runs until cancelled."""
     interval = settings.tracecat_refresh_interval_seconds
     while True:
         try:
-            async with database.session() as session:
-                service = IntegrationService(session, settings, provider, locks)
-                await service.refresh_due()
+            service = IntegrationService(database, settings, provider, locks, cache)
+            await service.refresh_due()
         except Exception:  # a database blip must not end the sweeper
             logger.exception("Refresh sweep failed; retrying in %s s", interval)
         await asyncio.sleep(interval)
