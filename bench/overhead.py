@@ -1,7 +1,8 @@
 """What our API costs on top of what it wraps.
 
 (a) GET /auth/integrations/microsoft/teams against the same Graph calls made directly
-    (/me/joinedTeams, every page) with the user's own token; one client, interleaved.
+    (/me/joinedTeams, every page) with the user's own token; one async httpx client for
+    both, interleaved.
 (b) GET /auth/integrations/microsoft/status against the bare GET /healthz, loaded with wrk.
 
 Run from the repository root: `python -m bench.overhead --help`.
@@ -10,13 +11,14 @@ Run from the repository root: `python -m bench.overhead --help`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -72,18 +74,20 @@ def direct_access_token(emulator: Emulator, email: str) -> str:
     return result["access_token"]
 
 
-def ours(client: httpx.Client, stack: Stack) -> list[str]:
-    response = client.get(f"{stack.server_urls[0]}{API}/teams", headers=stack.users[0].headers)
+async def ours(client: httpx.AsyncClient, stack: Stack) -> list[str]:
+    response = await client.get(
+        f"{stack.server_urls[0]}{API}/teams", headers=stack.users[0].headers
+    )
     return [team["id"] for team in response.raise_for_status().json()]
 
 
-def direct(client: httpx.Client, graph_url: str, token: str) -> list[str]:
+async def direct(client: httpx.AsyncClient, graph_url: str, token: str) -> list[str]:
     """GET /me/joinedTeams and every @odata.nextLink, as our Teams client does."""
     ids: list[str] = []
     url: str | None = f"{graph_url}/me/joinedTeams"
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     for _ in range(100):  # bounded like the product's max_pages
-        page = client.get(url, headers=headers).raise_for_status().json()
+        page = (await client.get(url, headers=headers)).raise_for_status().json()
         ids.extend(team["id"] for team in page.get("value", []))
         url = page.get("@odata.nextLink")
         if not url:
@@ -104,9 +108,9 @@ class Latency:
         return statistics.median(self.samples) * 1000
 
 
-def timed(operation: Callable[[], object]) -> float:
+async def timed(operation: Callable[[], Awaitable[object]]) -> float:
     started = time.perf_counter()
-    operation()
+    await operation()
     return time.perf_counter() - started
 
 
@@ -118,23 +122,31 @@ def compare_latency(stack: Stack, args: argparse.Namespace) -> tuple[Latency, La
         "PATCH", "/config", {"page_sizes": page_sizes, "throttling": {"enabled": False}}
     )
     token = direct_access_token(stack.emulator, DEMO_USERS[0])
-    # One client for both sides: same pool, TLS and HTTP stack, so only the paths differ.
-    with httpx.Client(verify=stack.emulator.ssl_context(), timeout=30.0) as client:
-        sides = {
+    return asyncio.run(_compare_latency(stack, args, token))
+
+
+async def _compare_latency(
+    stack: Stack, args: argparse.Namespace, token: str
+) -> tuple[Latency, Latency]:
+    # One async client for both sides: same pool, TLS and HTTP stack, so only the paths
+    # differ. Async, as our server's Graph calls and Microsoft's Graph SDK are.
+    verify = stack.emulator.ssl_context()
+    async with httpx.AsyncClient(verify=verify, timeout=30.0) as client:
+        sides: dict[str, Callable[[], Awaitable[list[str]]]] = {
             "ours": lambda: ours(client, stack),
             "direct": lambda: direct(client, stack.emulator.graph_url, token),
         }
-        if sides["ours"]() != sides["direct"]():
+        if await sides["ours"]() != await sides["direct"]():
             raise RuntimeError("our API and Graph list different teams: not comparable")
         for _ in range(args.warmup):
             for operation in sides.values():
-                operation()
+                await operation()
         samples: dict[str, list[float]] = {name: [] for name in sides}
         for index in range(args.requests):
             # Alternate who goes first, so neither side always follows the other's warm cache.
             order = list(sides) if index % 2 == 0 else list(reversed(sides))
             for name in order:
-                samples[name].append(timed(sides[name]))
+                samples[name].append(await timed(sides[name]))
     return Latency(samples["ours"]), Latency(samples["direct"])
 
 
