@@ -102,6 +102,21 @@ class Api:
         """A fresh browser: its own cookie jar."""
         return httpx.Client(base_url=self.url, timeout=30)
 
+    def control(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        """The emulator's control API (faults, config, stats)."""
+        url = f"{self.emulator.http_url}/_emulator{path}"
+        response = httpx.request(method, url, **kwargs)  # type: ignore[arg-type]
+        response.raise_for_status()
+        return response
+
+    def refresh_outcomes(self) -> dict[str, int]:
+        """Refresh-token requests the emulator answered, by outcome."""
+        stats = self.control("GET", "/stats").json()
+        return stats["token_requests"].get("refresh_token", {})
+
+    def refreshes(self) -> int:
+        return sum(self.refresh_outcomes().values())
+
 
 @pytest.fixture(scope="session")
 def api_server(

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.router import router as integrations_router
-from tracecat.auth.integrations.service import RefreshLocks, run_sweeper
+from tracecat.auth.integrations.service import IntegrationService, RefreshLocks, run_sweeper
 from tracecat.cache import ReadCache
 from tracecat.config import Settings
 from tracecat.crypto import DecryptionError, Keyring, set_keyring
@@ -37,20 +37,15 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         redact_access_log()
         app.state.settings = settings
         app.state.db = database or Database.from_settings(settings)
-        app.state.provider = MicrosoftOAuthProvider(settings)
-        app.state.refresh_locks = RefreshLocks()
         app.state.cache = ReadCache(settings.tracecat_cache_seconds)
+        provider = MicrosoftOAuthProvider(settings)
+        # Stateless apart from its shared parts (pool, MSAL app, locks, cache): one per app.
+        app.state.integrations = IntegrationService(
+            app.state.db, settings, provider, RefreshLocks(), app.state.cache
+        )
         sweeper = None
         if settings.tracecat_refresh_interval_seconds > 0:
-            sweeper = asyncio.create_task(
-                run_sweeper(
-                    app.state.db,
-                    settings,
-                    app.state.provider,
-                    app.state.refresh_locks,
-                    app.state.cache,
-                )
-            )
+            sweeper = asyncio.create_task(run_sweeper(app.state.integrations))
         try:
             yield
         finally:
@@ -58,7 +53,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
-            app.state.provider.close()
+            provider.close()
             if database is None:
                 await app.state.db.dispose()
 

@@ -20,20 +20,6 @@ BASE = "/auth/integrations/microsoft"
 MS_USER = "alice@contoso.example"
 
 
-def emulator(api: Api, method: str, path: str, **kwargs: object) -> httpx.Response:
-    response = httpx.request(method, f"{api.emulator.http_url}/_emulator{path}", **kwargs)
-    response.raise_for_status()
-    return response
-
-
-def refresh_outcomes(api: Api) -> dict[str, int]:
-    return emulator(api, "GET", "/stats").json()["token_requests"].get("refresh_token", {})
-
-
-def refreshes(api: Api) -> int:
-    return sum(refresh_outcomes(api).values())
-
-
 def status(api: Api, user: ApiUser, base_url: str | None = None) -> dict:
     response = httpx.get(f"{base_url or api.url}{BASE}/status", headers=user.headers)
     assert response.status_code == 200
@@ -44,10 +30,10 @@ def connect_inside_margin(api: Api, base_url: str | None = None) -> ApiUser:
     """A connected user whose access token is valid but inside the 300 s refresh margin;
     tokens issued afterwards last an hour again."""
     user = api.user("analyst@example.com")
-    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 200})
+    api.control("PATCH", "/config", json={"access_token_lifetime": 200})
     with httpx.Client() as browser:
         assert connect(browser, base_url or api.url, user, MS_USER).status_code == 200
-    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 3599})
+    api.control("PATCH", "/config", json={"access_token_lifetime": 3599})
     return user
 
 
@@ -59,34 +45,47 @@ def test_token_inside_the_margin_is_refreshed_before_the_call(api: Api) -> None:
 
     teams = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
     assert teams.status_code == 200
-    assert refresh_outcomes(api) == {"success": 1}
-    graph = emulator(api, "GET", "/stats").json()["graph_requests"]
+    assert api.refresh_outcomes() == {"success": 1}
+    graph = api.control("GET", "/stats").json()["graph_requests"]
     assert not any("401" in statuses for statuses in graph.values())  # no failed call first
 
     after = status(api, user)
     assert datetime.fromisoformat(after["expires_at"]) > datetime.now(UTC) + timedelta(minutes=50)
-    assert after["last_refreshed_at"] > before["last_refreshed_at"]
+    assert before["last_refreshed_at"] is None  # connected, never refreshed
+    assert datetime.fromisoformat(after["last_refreshed_at"]) > datetime.now(UTC) - timedelta(
+        minutes=1
+    )
     assert after["refresh_failures"] == 0
 
 
+def test_short_lived_tokens_are_not_refreshed_on_every_call(api: Api) -> None:
+    """An identity provider whose tokens live less than the margin: refreshed once, then the
+    fresh token is used while it is valid instead of asking again on every call."""
+    user = connect_inside_margin(api)
+    api.control("PATCH", "/config", json={"access_token_lifetime": 200})
+    for _ in range(3):
+        assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
+    assert api.refresh_outcomes() == {"success": 1}
+
+
 def test_rotated_refresh_token_is_stored(api: Api) -> None:
-    emulator(api, "PATCH", "/config", json={"refresh_token_rotation": "strict"})
+    api.control("PATCH", "/config", json={"refresh_token_rotation": "strict"})
     user = connect_inside_margin(api)
     assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
     # Strict rotation: the first refresh token is now dead; a second refresh only works
     # with the new one, which must have been stored.
-    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 200})
-    emulator(api, "POST", f"/users/{MS_USER}/expire-tokens")
+    api.control("PATCH", "/config", json={"access_token_lifetime": 200})
+    api.control("POST", f"/users/{MS_USER}/expire-tokens")
     assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
-    assert refresh_outcomes(api) == {"success": 2}
+    assert api.refresh_outcomes() == {"success": 2}
     assert status(api, user)["status"] == "connected"
 
 
 @pytest.mark.parametrize("aadsts", [50173, 700082])
 def test_revoked_grant_needs_reconnect(api: Api, aadsts: int) -> None:
-    emulator(api, "PATCH", "/config", json={"revoked_error_code": aadsts})
+    api.control("PATCH", "/config", json={"revoked_error_code": aadsts})
     user = connect_inside_margin(api)
-    emulator(api, "POST", f"/users/{MS_USER}/revoke")
+    api.control("POST", f"/users/{MS_USER}/revoke")
     response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
     assert response.status_code == 401
     detail = response.json()["detail"]
@@ -94,9 +93,9 @@ def test_revoked_grant_needs_reconnect(api: Api, aadsts: int) -> None:
     current = status(api, user)
     assert current["status"] == "reauthorization_required" and current["connected"] is False
     # No hammering: later calls answer at once without asking Microsoft again.
-    count = refreshes(api)
+    count = api.refreshes()
     assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 401
-    assert refreshes(api) == count
+    assert api.refreshes() == count
     with httpx.Client() as browser:
         assert connect(browser, api.url, user, MS_USER).status_code == 200
     assert status(api, user)["status"] == "connected"
@@ -105,14 +104,14 @@ def test_revoked_grant_needs_reconnect(api: Api, aadsts: int) -> None:
 
 def test_outage_with_a_valid_token_breaks_nothing(api: Api) -> None:
     user = connect_inside_margin(api)
-    emulator(api, "POST", "/faults", json={"target": "token", "status": 503, "count": 100})
+    api.control("POST", "/faults", json={"target": "token", "status": 503, "count": 100})
     response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
     assert response.status_code == 200
     current = status(api, user)
     assert current["status"] == "connected" and current["refresh_failures"] >= 1
-    assert refresh_outcomes(api).get("success", 0) == 0  # it really was refused
+    assert api.refresh_outcomes().get("success", 0) == 0  # it really was refused
 
-    emulator(api, "DELETE", "/faults")
+    api.control("DELETE", "/faults")
     assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
     recovered = status(api, user)
     assert recovered["refresh_failures"] == 0
@@ -123,12 +122,12 @@ def test_outage_with_a_valid_token_breaks_nothing(api: Api) -> None:
 
 def test_outage_with_an_expired_token_answers_503_and_recovers(api: Api) -> None:
     user = api.user("analyst@example.com")
-    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 1})
+    api.control("PATCH", "/config", json={"access_token_lifetime": 1})
     with httpx.Client() as browser:
         assert connect(browser, api.url, user, MS_USER).status_code == 200
-    emulator(api, "PATCH", "/config", json={"access_token_lifetime": 3599})
+    api.control("PATCH", "/config", json={"access_token_lifetime": 3599})
     time.sleep(1.2)
-    emulator(api, "POST", "/faults", json={"target": "token", "status": 503, "count": 100})
+    api.control("POST", "/faults", json={"target": "token", "status": 503, "count": 100})
     response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) > 0
@@ -137,7 +136,7 @@ def test_outage_with_an_expired_token_answers_503_and_recovers(api: Api) -> None
     assert current["status"] == "expired" and current["connected"] is True
     assert current["is_expired"] is True
 
-    emulator(api, "DELETE", "/faults")
+    api.control("DELETE", "/faults")
     assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
     assert status(api, user)["status"] == "connected"
 
@@ -169,13 +168,13 @@ def sweeping_server(api: Api) -> Iterator[str]:
 def test_sweeper_refreshes_idle_tokens(api: Api, sweeping_server: str) -> None:
     user = connect_inside_margin(api, sweeping_server)
     deadline = time.monotonic() + 10
-    while refreshes(api) == 0 and time.monotonic() < deadline:
+    while api.refreshes() == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert refresh_outcomes(api) == {"success": 1}
+    assert api.refresh_outcomes() == {"success": 1}
     current = status(api, user)
     assert datetime.fromisoformat(current["expires_at"]) > datetime.now(UTC) + timedelta(minutes=50)
     time.sleep(1.5)  # further sweeps leave a fresh token alone
-    assert refreshes(api) == 1
+    assert api.refreshes() == 1
 
 
 @pytest.fixture
@@ -203,9 +202,9 @@ def test_stampede_across_processes_refreshes_once(
     api: Api, two_processes: list[ServeProcess]
 ) -> None:
     # Strict rotation: a second refresh with the same token would fail and log the user out.
-    emulator(api, "PATCH", "/config", json={"refresh_token_rotation": "strict"})
+    api.control("PATCH", "/config", json={"refresh_token_rotation": "strict"})
     user = connect_inside_margin(api, two_processes[0].url)
-    emulator(api, "PATCH", "/config", json={"throttling": {"enabled": False}})
+    api.control("PATCH", "/config", json={"throttling": {"enabled": False}})
 
     def call(i: int) -> int:
         url = two_processes[i % 2].url
@@ -214,5 +213,5 @@ def test_stampede_across_processes_refreshes_once(
     with ThreadPoolExecutor(max_workers=24) as pool:
         codes = list(pool.map(call, range(24)))
     assert codes == [200] * 24
-    assert refresh_outcomes(api) == {"success": 1}
+    assert api.refresh_outcomes() == {"success": 1}
     assert status(api, user, two_processes[1].url)["status"] == "connected"

@@ -23,22 +23,11 @@ def connected(api: Api) -> Iterator[tuple[httpx.Client, ApiUser]]:
         yield browser, user
 
 
-def emulator(api: Api, method: str, path: str, **kwargs: object) -> httpx.Response:
-    response = httpx.request(method, f"{api.emulator.http_url}/_emulator{path}", **kwargs)
-    response.raise_for_status()
-    return response
-
-
-def refreshes(api: Api) -> int:
-    stats = emulator(api, "GET", "/stats").json()
-    return sum(stats["token_requests"].get("refresh_token", {}).values())
-
-
 def test_lists_every_team_and_channel_across_pages(
     api: Api, connected: tuple[httpx.Client, ApiUser]
 ) -> None:
     browser, user = connected
-    emulator(api, "PATCH", "/config", json={"page_sizes": {"joined_teams": 1, "channels": 1}})
+    api.control("PATCH", "/config", json={"page_sizes": {"joined_teams": 1, "channels": 1}})
     teams = browser.get(f"{BASE}/teams", headers=user.headers)
     assert teams.status_code == 200
     assert len(teams.json()) >= 2
@@ -50,7 +39,7 @@ def test_lists_every_team_and_channel_across_pages(
         names = [c["displayName"] for c in channels.json()]
         assert "General" in names and len(names) >= 2
         assert all(c["membershipType"] for c in channels.json())
-    graph = emulator(api, "GET", "/stats").json()["graph_requests"]
+    graph = api.control("GET", "/stats").json()["graph_requests"]
     assert any("joinedTeams" in route for route in graph)  # we really paged through Graph
 
 
@@ -81,7 +70,7 @@ def test_send_and_reply(api: Api, connected: tuple[httpx.Client, ApiUser]) -> No
     )
     assert reply.status_code == 201, reply.text
     assert reply.json()["replyToId"] == message["id"]
-    stored = emulator(api, "GET", "/messages").json()["messages"]
+    stored = api.control("GET", "/messages").json()["messages"]
     assert len(stored) == 2
 
 
@@ -132,7 +121,7 @@ def test_bad_bodies_get_422(api: Api, connected: tuple[httpx.Client, ApiUser]) -
         content=b"not json",
     )
     assert response.status_code == 422
-    assert emulator(api, "GET", "/messages").json()["messages"] == []
+    assert api.control("GET", "/messages").json()["messages"] == []
 
 
 def test_graph_errors_keep_their_status(api: Api, connected: tuple[httpx.Client, ApiUser]) -> None:
@@ -199,18 +188,18 @@ def test_rejected_token_is_refreshed_once_and_retried(
     api: Api, connected: tuple[httpx.Client, ApiUser]
 ) -> None:
     browser, user = connected
-    before = refreshes(api)
-    emulator(api, "POST", "/users/alice@contoso.example/expire-tokens")
+    before = api.refreshes()
+    api.control("POST", "/users/alice@contoso.example/expire-tokens")
     teams = browser.get(f"{BASE}/teams", headers=user.headers)
     assert teams.status_code == 200, teams.text
-    assert refreshes(api) == before + 1
+    assert api.refreshes() == before + 1
     assert browser.get(f"{BASE}/teams", headers=user.headers).status_code == 200
-    assert refreshes(api) == before + 1  # the new token is stored and reused
+    assert api.refreshes() == before + 1  # the new token is stored and reused
 
 
 def test_revoked_grant_asks_to_reconnect(api: Api, connected: tuple[httpx.Client, ApiUser]) -> None:
     browser, user = connected
-    emulator(api, "POST", "/users/alice@contoso.example/revoke")
+    api.control("POST", "/users/alice@contoso.example/revoke")
     response = browser.get(f"{BASE}/teams", headers=user.headers)
     assert response.status_code == 401
     assert "GET /auth/integrations/microsoft/connect" in response.json()["detail"]
@@ -226,8 +215,7 @@ def test_throttled_send_is_delivered_exactly_once(
 ) -> None:
     browser, user = connected
     team_id, channel_id = _first_channel(browser, user)
-    emulator(
-        api,
+    api.control(
         "POST",
         "/faults",
         json={"target": "graph", "status": 429, "count": 1, "retry_after": 1},
@@ -238,7 +226,7 @@ def test_throttled_send_is_delivered_exactly_once(
         json={"content": "once"},
     )
     assert sent.status_code == 201, sent.text
-    stored = [m for m in emulator(api, "GET", "/messages").json()["messages"] if "once" in str(m)]
+    stored = [m for m in api.control("GET", "/messages").json()["messages"] if "once" in str(m)]
     assert len(stored) == 1
 
 
@@ -247,7 +235,7 @@ def test_send_with_unknown_outcome_is_not_repeated(
 ) -> None:
     browser, user = connected
     team_id, channel_id = _first_channel(browser, user)
-    emulator(api, "POST", "/faults", json={"target": "graph", "status": 504, "count": 1})
+    api.control("POST", "/faults", json={"target": "graph", "status": 504, "count": 1})
     sent = browser.post(
         f"{BASE}/teams/{team_id}/channels/{channel_id}/messages",
         headers=user.headers,

@@ -92,6 +92,14 @@ class UserIntegration(Base):
     def needs_refresh(self, margin_seconds: int) -> bool:
         return expires_within(self.expires_at, margin_seconds)
 
+    def just_refreshed(self, seconds: float) -> bool:
+        """Refreshed (not merely connected) within `seconds`, and still valid."""
+        return (
+            self.last_refreshed_at is not None
+            and datetime.now(UTC) - self.last_refreshed_at < timedelta(seconds=seconds)
+            and not self.is_expired
+        )
+
 
 @dataclass(frozen=True)
 class IntegrationView:

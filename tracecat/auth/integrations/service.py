@@ -65,6 +65,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A token refreshed this recently is not refreshed again while it is valid (unless Graph
+# rejects it).
+MIN_REFRESH_SECONDS = 30
 # Transient refresh failures are retried this many times, with these pauses (seconds).
 REFRESH_RETRY_DELAYS = (0.5, 1.5)
 
@@ -224,7 +227,7 @@ class IntegrationService:
                 integration = UserIntegration(user_id=pending.user_id, provider=MICROSOFT_TEAMS)
                 session.add(integration)
                 integration.token_version = 0
-            self._store_tokens(integration, tokens)
+            self._store_tokens(integration, tokens, refreshed=False)
             await session.commit()
         self.cache.forget_user(pending.user_id)
         logger.info("User %s connected Microsoft account", pending.user_id)
@@ -320,24 +323,31 @@ class IntegrationService:
         margin = self.settings.tracecat_refresh_margin_seconds
         if not force_refresh and not grant.needs_refresh(margin):
             return grant.access_token
-        return await self.refresh(grant.id, seen_version=grant.token_version)
+        return await self.refresh(grant.id, seen_version=grant.token_version, force=force_refresh)
 
-    async def refresh(self, integration_id: uuid.UUID, *, seen_version: int | None = None) -> str:
+    async def refresh(
+        self, integration_id: uuid.UUID, *, seen_version: int | None = None, force: bool = False
+    ) -> str:
         """Refresh under the grant's lock; see the module docstring for the guarantees.
 
         `seen_version` is the token version the caller judged stale: if the row has moved on
-        by the time the lock is held, a neighbour refreshed it and its token is used.
+        by the time the lock is held, a neighbour refreshed it and its token is used. Unless
+        `force` (Graph rejected the token), a still-valid token refreshed in the last
+        MIN_REFRESH_SECONDS is used as it is: an identity provider issuing tokens shorter than
+        the margin would otherwise be asked on every call.
         """
         started = time.perf_counter()
         # Callers in this process queue here, so only one of them holds a database
         # connection waiting on the row lock.
         async with self.refresh_locks.get(integration_id):
             try:
-                return await self._refresh_locked(integration_id, seen_version)
+                return await self._refresh_locked(integration_id, seen_version, force)
             finally:
                 REFRESH_SECONDS.observe(time.perf_counter() - started)
 
-    async def _refresh_locked(self, integration_id: uuid.UUID, seen_version: int | None) -> str:
+    async def _refresh_locked(
+        self, integration_id: uuid.UUID, seen_version: int | None, force: bool
+    ) -> str:
         margin = self.settings.tracecat_refresh_margin_seconds
         async with _locked_session(self._engine) as session:
             integration = await session.get(
@@ -350,7 +360,11 @@ class IntegrationService:
             if integration.status == GrantState.REVOKED:
                 raise ReauthorizationRequiredError(integration.last_error or "refresh refused")
             moved_on = seen_version is not None and integration.token_version != seen_version
-            if moved_on or (seen_version is None and not integration.needs_refresh(margin)):
+            if (
+                moved_on
+                or (seen_version is None and not integration.needs_refresh(margin))
+                or (not force and integration.just_refreshed(MIN_REFRESH_SECONDS))
+            ):
                 REFRESHES.labels(outcome="reused").inc()
                 return integration.access_token
             if not integration.refresh_token:
@@ -369,7 +383,7 @@ class IntegrationService:
                 raise
             except TransientProviderError as exc:
                 return await self._fail_passing(session, integration, str(exc.detail))
-            self._store_tokens(integration, tokens)
+            self._store_tokens(integration, tokens, refreshed=True)
             await session.commit()
             REFRESHES.labels(outcome="refreshed").inc()
             logger.info("Refreshed Microsoft token for user %s", integration.user_id)
@@ -422,7 +436,9 @@ class IntegrationService:
         )
 
     @staticmethod
-    def _store_tokens(integration: UserIntegration, tokens: TokenResult) -> None:
+    def _store_tokens(
+        integration: UserIntegration, tokens: TokenResult, *, refreshed: bool
+    ) -> None:
         integration.access_token = tokens.access_token
         # Providers may omit a new refresh token; keep the one we have then.
         integration.refresh_token = tokens.refresh_token or integration.refresh_token
@@ -435,7 +451,8 @@ class IntegrationService:
         integration.status = GrantState.ACTIVE
         integration.refresh_failures = 0
         integration.last_error = None
-        integration.last_refreshed_at = datetime.now(UTC)
+        # A new connection has not been refreshed yet (and must not count as just refreshed).
+        integration.last_refreshed_at = datetime.now(UTC) if refreshed else None
         integration.token_version = (integration.token_version or 0) + 1
 
 
@@ -454,19 +471,12 @@ class RefreshLocks:
         return lock
 
 
-async def run_sweeper(
-    database: Database,
-    settings: Settings,
-    provider: MicrosoftOAuthProvider,
-    locks: RefreshLocks,
-    cache: ReadCache,
-) -> None:
+async def run_sweeper(service: IntegrationService) -> None:
     """Refresh due tokens every TRACECAT_REFRESH_INTERVAL_SECONDS, so idle users stay
     connected and their refresh tokens stay alive. Runs until cancelled."""
-    interval = settings.tracecat_refresh_interval_seconds
+    interval = service.settings.tracecat_refresh_interval_seconds
     while True:
         try:
-            service = IntegrationService(database, settings, provider, locks, cache)
             await service.refresh_due()
         except Exception:  # a database blip must not end the sweeper
             logger.exception("Refresh sweep failed; retrying in %s s", interval)
