@@ -68,12 +68,24 @@ def test_newcomer_connects_from_the_page(
     page.wait_for_selector("#status:has-text('Status: connected')")
     assert "newcomer@contoso.example" in page.inner_text("#status")
 
-    # The same connection through the API.
-    status = httpx.get(
-        f"{url}/auth/integrations/microsoft/status", headers={"Authorization": f"Bearer {api_key}"}
-    ).json()
+    # The same connection through the API, then Teams as the README shows it.
+    api = httpx.Client(
+        base_url=f"{url}/auth/integrations/microsoft",
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
+    status = api.get("/status").json()
     assert status["connected"] is True
     assert status["account"]["username"] == "newcomer@contoso.example"
+    teams = api.get("/teams").json()
+    assert teams and all(team["displayName"] for team in teams)
+    channels = api.get(f"/teams/{teams[0]['id']}/channels").json()
+    general = next(c for c in channels if c["displayName"] == "General")
+    sent = api.post(
+        f"/teams/{teams[0]['id']}/channels/{general['id']}/messages",
+        json={"content": "<b>SEV2</b>: disk full", "content_type": "html", "subject": "Alert"},
+    )
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["body"]["content"] == "<b>SEV2</b>: disk full"
 
     page.click("#disconnect")
     page.wait_for_selector("#status:has-text('Disconnected')")
