@@ -28,8 +28,9 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def quiet_libraries() -> None:
-    """At DEBUG these libraries log HTTP headers and redirects, which carry codes and tokens;
-    they stay at WARNING whatever TRACECAT_LOG_LEVEL says."""
+    """At DEBUG these libraries log HTTP headers and redirects, which carry codes and tokens
+    (and Alembic narrates its set-up at INFO); they stay at WARNING whatever
+    TRACECAT_LOG_LEVEL says."""
     for noisy in ("msal", "httpx", "httpcore", "hpack", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
