@@ -6,7 +6,6 @@ drivers are this module's business.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -192,30 +191,6 @@ def upgrade_schema(url: str) -> None:
     config.set_main_option("script_location", "tracecat:migrations")
     config.attributes["database_url"] = url
     command.upgrade(config, "head")
-
-
-def run_upgrade_schema(url: str) -> None:
-    """Upgrade from synchronous code that may itself be inside an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        upgrade_schema(url)
-        return
-    import threading
-
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            upgrade_schema(url)
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 async def reencrypt_all(engine: AsyncEngine) -> int:

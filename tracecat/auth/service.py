@@ -126,10 +126,3 @@ class UserService:
             .values(revoked_at=datetime.now(UTC))
         )
         return result.rowcount or 0
-
-
-def parse_user_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise BadRequestError(f"not a user id: {value!r}") from None
