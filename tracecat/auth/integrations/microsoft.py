@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 from urllib.parse import quote, urlparse, urlsplit
 
 import httpx
@@ -294,6 +294,15 @@ def graph_error(response: httpx.Response) -> GraphError:
     )
 
 
+class MessageOptions(TypedDict, total=False):
+    """How a message is shaped, beyond its content (see `build_message`)."""
+
+    content_type: Literal["text", "html"]
+    subject: str | None
+    mentions: Sequence[Mention | Mapping[str, str]] | None
+    adaptive_card: Mapping[str, Any] | None
+
+
 def build_message(
     content: str,
     *,
@@ -487,24 +496,11 @@ class MicrosoftTeamsClient:
         return [_parse(ChatMessage, item) for item in items]
 
     async def send_message(
-        self,
-        team_id: str,
-        channel_id: str,
-        content: str,
-        *,
-        content_type: Literal["text", "html"] = "text",
-        subject: str | None = None,
-        mentions: Sequence[Mention | Mapping[str, str]] | None = None,
-        adaptive_card: Mapping[str, Any] | None = None,
+        self, team_id: str, channel_id: str, content: str, **options: Unpack[MessageOptions]
     ) -> ChatMessage:
-        body = build_message(
-            content,
-            content_type=content_type,
-            subject=subject,
-            mentions=mentions,
-            adaptive_card=adaptive_card,
-        )
+        """Post to a channel; `options` as in `build_message`."""
         path = f"/teams/{_quote(team_id)}/channels/{_quote(channel_id)}/messages"
+        body = build_message(content, **options)
         return _parse(ChatMessage, await self._send(team_id, channel_id, path, body))
 
     async def reply_to_message(
@@ -513,23 +509,14 @@ class MicrosoftTeamsClient:
         channel_id: str,
         message_id: str,
         content: str,
-        *,
-        content_type: Literal["text", "html"] = "text",
-        subject: str | None = None,
-        mentions: Sequence[Mention | Mapping[str, str]] | None = None,
-        adaptive_card: Mapping[str, Any] | None = None,
+        **options: Unpack[MessageOptions],
     ) -> ChatMessage:
-        body = build_message(
-            content,
-            content_type=content_type,
-            subject=subject,
-            mentions=mentions,
-            adaptive_card=adaptive_card,
-        )
+        """Reply in a message's thread; `options` as in `build_message`."""
         path = (
             f"/teams/{_quote(team_id)}/channels/{_quote(channel_id)}"
             f"/messages/{_quote(message_id)}/replies"
         )
+        body = build_message(content, **options)
         return _parse(ChatMessage, await self._send(team_id, channel_id, path, body))
 
     # -- transport ---------------------------------------------------------------------------
