@@ -20,9 +20,30 @@ MICROSOFT_TEAMS = "microsoft-teams"
 OAUTH_STATE_LIFETIME = timedelta(minutes=10)
 
 
-def expires_within(expires_at: datetime | None, seconds: float = 0) -> bool:
-    """Whether a token with this expiry is (or within `seconds` will be) expired."""
-    return expires_at is not None and datetime.now(UTC) + timedelta(seconds=seconds) >= expires_at
+class TokenLifetime:
+    """Expiry arithmetic shared by the table row and its token-free and cached reads; the
+    class using it has `expires_at` and `last_refreshed_at`."""
+
+    expires_at: datetime | None
+    last_refreshed_at: datetime | None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.needs_refresh(0)
+
+    def needs_refresh(self, margin_seconds: float) -> bool:
+        """Expired, or will be within `margin_seconds`."""
+        return self.expires_at is not None and (
+            datetime.now(UTC) + timedelta(seconds=margin_seconds) >= self.expires_at
+        )
+
+    def just_refreshed(self, seconds: float) -> bool:
+        """Refreshed (not merely connected) within `seconds`, and still valid."""
+        return (
+            self.last_refreshed_at is not None
+            and datetime.now(UTC) - self.last_refreshed_at < timedelta(seconds=seconds)
+            and not self.is_expired
+        )
 
 
 class IntegrationStatus(StrEnum):
@@ -59,7 +80,7 @@ class OAuthState(Base):
         return datetime.now(UTC) >= self.expires_at
 
 
-class UserIntegration(Base):
+class UserIntegration(TokenLifetime, Base):
     __tablename__ = "user_integrations"
     __table_args__ = (UniqueConstraint("user_id", "provider"),)
 
@@ -85,24 +106,9 @@ class UserIntegration(Base):
     def scopes(self) -> list[str]:
         return self.scope.split()
 
-    @property
-    def is_expired(self) -> bool:
-        return expires_within(self.expires_at)
-
-    def needs_refresh(self, margin_seconds: int) -> bool:
-        return expires_within(self.expires_at, margin_seconds)
-
-    def just_refreshed(self, seconds: float) -> bool:
-        """Refreshed (not merely connected) within `seconds`, and still valid."""
-        return (
-            self.last_refreshed_at is not None
-            and datetime.now(UTC) - self.last_refreshed_at < timedelta(seconds=seconds)
-            and not self.is_expired
-        )
-
 
 @dataclass(frozen=True)
-class IntegrationView:
+class IntegrationView(TokenLifetime):
     """What may be shown of a connection: every column but the tokens."""
 
     provider: str
@@ -130,10 +136,6 @@ class IntegrationView:
         )
 
     @property
-    def is_expired(self) -> bool:
-        return expires_within(self.expires_at)
-
-    @property
     def public_status(self) -> IntegrationStatus:
         if self.status == GrantState.REVOKED:
             return IntegrationStatus.REAUTHORIZATION_REQUIRED
@@ -145,7 +147,7 @@ class IntegrationView:
 
 
 @dataclass(frozen=True)
-class Grant:
+class Grant(TokenLifetime):
     """The token side of a connection, as the Graph calls need it."""
 
     id: uuid.UUID
@@ -154,17 +156,23 @@ class Grant:
     status: str
     token_version: int
     last_error: str | None
+    last_refreshed_at: datetime | None
 
     @classmethod
     def columns(cls) -> tuple[Any, ...]:
         c = UserIntegration
-        return (c.id, c.access_token, c.expires_at, c.status, c.token_version, c.last_error)
+        return (
+            c.id,
+            c.access_token,
+            c.expires_at,
+            c.status,
+            c.token_version,
+            c.last_error,
+            c.last_refreshed_at,
+        )
 
     def __repr__(self) -> str:  # never the token
         return f"Grant(id={self.id}, expires_at={self.expires_at}, status={self.status})"
-
-    def needs_refresh(self, margin_seconds: int) -> bool:
-        return expires_within(self.expires_at, margin_seconds)
 
 
 # --- API schemas -------------------------------------------------------------------------

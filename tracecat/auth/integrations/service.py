@@ -321,7 +321,9 @@ class IntegrationService:
         if grant.status == GrantState.REVOKED:
             raise ReauthorizationRequiredError(grant.last_error or "refresh refused")
         margin = self.settings.tracecat_refresh_margin_seconds
-        if not force_refresh and not grant.needs_refresh(margin):
+        if not force_refresh and (
+            not grant.needs_refresh(margin) or grant.just_refreshed(MIN_REFRESH_SECONDS)
+        ):
             return grant.access_token
         return await self.refresh(grant.id, seen_version=grant.token_version, force=force_refresh)
 
