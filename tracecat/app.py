@@ -13,6 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
@@ -94,6 +96,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(ConnectionError)
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("Database unavailable: %s", type(exc).__name__)
+        return JSONResponse(
+            {"detail": "the database is unavailable or busy: retry shortly"},
+            503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(DecryptionError)
     async def decryption_error(_: Request, exc: DecryptionError) -> JSONResponse:

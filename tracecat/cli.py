@@ -213,6 +213,8 @@ def keys_rotate() -> None:
     try:
         set_keyring(Keyring.from_settings(settings))
         count = _with_database(lambda session: reencrypt_all(session.bind))
+    except SettingsError as exc:
+        _fail(str(exc), 2)
     except DecryptionError as exc:
         _fail(str(exc))
     typer.echo(f"Re-encrypted {count} secret(s) with the first key; older keys can now be removed.")

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import DateTime, Executable, LargeBinary, MetaData, Row, TypeDecorator, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -190,7 +191,13 @@ def upgrade_schema(url: str) -> None:
     config = Config()
     config.set_main_option("script_location", "tracecat:migrations")
     config.attributes["database_url"] = url
-    command.upgrade(config, "head")
+    try:
+        command.upgrade(config, "head")
+    except (SQLAlchemyError, OSError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        where = make_url(url).render_as_string(hide_password=True)
+        raise SettingsError(f"DATABASE_URL: cannot open {where}: {reason}") from None
 
 
 async def reencrypt_all(engine: AsyncEngine) -> int:

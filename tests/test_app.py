@@ -1,0 +1,43 @@
+"""The app when its database is gone: a clear 503 to retry, never a 500 or a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.utils.server import LiveServer
+from tracecat.app import create_app
+from tracecat.config import Settings
+from tracecat.crypto import generate_key
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_unreachable_database_answers_503(backend: str, tmp_path: Path) -> None:
+    unusable = {
+        "postgresql": "postgresql://root@127.0.0.1:1/nowhere",  # nothing listens there
+        "sqlite": f"sqlite:///{tmp_path}",  # a directory, not a database file
+    }
+    settings = Settings(
+        database_url=unusable[backend],
+        tracecat_data_dir=tmp_path,
+        tracecat_encryption_keys=[generate_key()],
+        microsoft_client_id="client",
+        microsoft_client_secret="secret",
+        microsoft_redirect_uri="http://127.0.0.1:9/auth/integrations/microsoft/callback",
+        tracecat_refresh_interval_seconds=0,
+    )
+    server = LiveServer(create_app(settings)).start()
+    try:
+        response = httpx.get(
+            f"{server.url}/auth/integrations/microsoft/status",
+            headers={"Authorization": "Bearer tci_anything"},
+            timeout=60,
+        )
+        assert response.status_code == 503
+        assert "database" in response.json()["detail"]
+        assert response.headers["Retry-After"]
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        server.stop()
