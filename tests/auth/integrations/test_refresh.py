@@ -102,9 +102,14 @@ def test_revoked_grant_needs_reconnect(api: Api, aadsts: int) -> None:
     assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
 
 
-def test_outage_with_a_valid_token_breaks_nothing(api: Api) -> None:
+@pytest.mark.parametrize(
+    "fault",
+    [{"status": 503}, {"status": 429, "retry_after": 1}, {"status": 500, "delay_seconds": 0.2}],
+    ids=["503", "429", "500"],
+)
+def test_outage_with_a_valid_token_breaks_nothing(api: Api, fault: dict) -> None:
     user = connect_inside_margin(api)
-    api.control("POST", "/faults", json={"target": "token", "status": 503, "count": 100})
+    api.control("POST", "/faults", json={"target": "token", "count": 100, **fault})
     response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
     assert response.status_code == 200
     current = status(api, user)
@@ -215,3 +220,35 @@ def test_stampede_across_processes_refreshes_once(
     assert codes == [200] * 24
     assert api.refresh_outcomes() == {"success": 1}
     assert status(api, user, two_processes[1].url)["status"] == "connected"
+
+
+def test_wrong_client_secret_is_reported_and_the_grant_kept(api: Api) -> None:
+    """Our own misconfiguration is not the user's fault: the grant is kept, a still-valid
+    token is used, and once it has expired the answer names the setting to fix."""
+    user = api.user("analyst@example.com")
+    api.control("PATCH", "/config", json={"access_token_lifetime": 2})
+    with api.browser() as browser:
+        assert connect(browser, api.url, user, MS_USER).status_code == 200
+    port = free_port()
+    settings = make_settings(
+        api.emulator,
+        api.database_url,
+        api.settings.tracecat_data_dir,
+        port,
+        microsoft_client_secret="not-the-secret",
+    )
+    server = LiveServer(create_app(settings), port=port).start()
+    try:
+        assert httpx.get(f"{server.url}{BASE}/teams", headers=user.headers).status_code == 200
+        time.sleep(2.2)
+        expired = httpx.get(f"{server.url}{BASE}/teams", headers=user.headers)
+    finally:
+        server.stop()
+    assert expired.status_code == 502
+    assert "MICROSOFT_CLIENT_SECRET" in expired.json()["detail"]
+    current = status(api, user)
+    assert current["status"] == "expired" and current["refresh_failures"] >= 1
+    api.control("PATCH", "/config", json={"access_token_lifetime": 3599})
+    # The right secret renews the same grant: no reconnect was needed.
+    assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
+    assert status(api, user)["status"] == "connected"

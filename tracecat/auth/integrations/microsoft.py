@@ -58,8 +58,14 @@ warnings.filterwarnings("ignore", message="response_mode='form_post' is recommen
 RESERVED_SCOPES = {"openid", "profile", "offline_access"}
 # Token-endpoint errors that mean the grant is gone and only the user can restore it.
 REAUTHORIZATION_ERRORS = {"invalid_grant", "interaction_required", "consent_required"}
-# Token-endpoint errors that are Microsoft's passing trouble, not ours.
-TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error", "slow_down"}
+# Token-endpoint errors that only fixing our app registration or settings can cure.
+CONFIGURATION_ERRORS = {
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_request",
+    "invalid_scope",
+    "unsupported_grant_type",
+}
 
 
 class TransientProviderError(ProviderUnavailableError):
@@ -183,21 +189,27 @@ class MicrosoftOAuthProvider:
     def refresh(self, refresh_token: str, *, fresh_app: bool = False) -> TokenResult:
         """Redeem a refresh token. `fresh_app` bypasses MSAL's per-app replay of a recent
         5xx answer, so a retry really reaches Microsoft."""
-        result = self._call(
-            lambda app: app.acquire_token_by_refresh_token(refresh_token, self.requested_scopes),
-            fresh_app=fresh_app,
-        )
+        try:
+            result = self._call(
+                lambda app: app.acquire_token_by_refresh_token(
+                    refresh_token, self.requested_scopes
+                ),
+                fresh_app=fresh_app,
+            )
+        except ValueError:  # MSAL: the answer was not JSON (a proxy's or a gateway's page)
+            raise TransientProviderError("Microsoft login answered with no token") from None
         if "error" not in result:
             return TokenResult.from_msal(result, self.requested_scopes)
         error = result.get("error")
         if error in REAUTHORIZATION_ERRORS:
             raise ReauthorizationRequiredError(_error_text(result))
-        if error in TRANSIENT_ERRORS:
-            raise TransientProviderError(f"Microsoft login is unavailable ({_error_text(result)})")
-        raise UpstreamError(
-            f"Microsoft refused the token request ({_error_text(result)}): "
-            "check MICROSOFT_CLIENT_ID and MICROSOFT_CLIENT_SECRET"
-        )
+        if error in CONFIGURATION_ERRORS:
+            raise UpstreamError(
+                f"Microsoft refused the token request ({_error_text(result)}): "
+                "check MICROSOFT_CLIENT_ID, MICROSOFT_CLIENT_SECRET and the app's permissions"
+            )
+        # temporarily_unavailable, server_error, a 429's body, anything new: keep the grant.
+        raise TransientProviderError(f"Microsoft login is unavailable ({_error_text(result)})")
 
     def _call(self, operation: Any, *, fresh_app: bool = False) -> dict[str, Any]:
         # A new app instance has its own, empty replay cache (and re-reads discovery).

@@ -58,6 +58,7 @@ from tracecat.exceptions import (
     ProviderUnavailableError,
     ReauthorizationRequiredError,
     TracecatError,
+    UpstreamError,
 )
 from tracecat.metrics import REFRESH_SECONDS, REFRESHES
 
@@ -385,6 +386,8 @@ class IntegrationService:
                 raise
             except TransientProviderError as exc:
                 return await self._fail_passing(session, integration, str(exc.detail))
+            except UpstreamError as exc:  # our app registration or settings: the grant is fine
+                return await self._fail_passing(session, integration, str(exc.detail), exc)
             self._store_tokens(integration, tokens, refreshed=True)
             await session.commit()
             REFRESHES.labels(outcome="refreshed").inc()
@@ -421,18 +424,23 @@ class IntegrationService:
         raise AssertionError("unreachable")
 
     async def _fail_passing(
-        self, session: AsyncSession, integration: UserIntegration, reason: str
+        self,
+        session: AsyncSession,
+        integration: UserIntegration,
+        reason: str,
+        error: TracecatError | None = None,
     ) -> str:
-        """Keep the grant; use the current token while it lasts, else ask to retry later."""
+        """Keep the grant; use the current token while it lasts, else raise `error` (by
+        default: retry later)."""
         integration.refresh_failures += 1
         integration.status = GrantState.REFRESH_FAILING
         integration.last_error = reason
         await session.commit()
-        REFRESHES.labels(outcome="transient").inc()
+        REFRESHES.labels(outcome="transient" if error is None else "refused").inc()
         logger.warning("Refresh failed for user %s: %s", integration.user_id, reason)
         if not integration.is_expired:
             return integration.access_token
-        raise ProviderUnavailableError(
+        raise error or ProviderUnavailableError(
             f"the Microsoft token expired and cannot be renewed right now ({reason}): retry later",
             retry_after=10,
         )
