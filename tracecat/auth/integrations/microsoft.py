@@ -175,7 +175,9 @@ class MicrosoftOAuthProvider:
     def complete(self, flow: dict[str, Any], params: dict[str, str]) -> TokenResult:
         try:
             result = self._call(lambda app: app.acquire_token_by_auth_code_flow(flow, params))
-        except ValueError:  # MSAL: state mismatch or a malformed response
+        # MSAL: ValueError for a state mismatch or a malformed answer, RuntimeError
+        # (IdTokenError) for an ID token whose nonce is not this flow's.
+        except (ValueError, RuntimeError):
             raise BadRequestError(
                 "the sign-in response does not match this flow: start again"
             ) from None
