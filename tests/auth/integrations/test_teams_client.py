@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import msal
@@ -128,6 +128,10 @@ def create_stand_in(state: GraphStandIn) -> FastAPI:
         if team_id == "elsewhere":
             link = "https://attacker.example/v1.0/teams/x/channels?$skiptoken=1"
             return JSONResponse({"value": [{"id": "c"}], "@odata.nextLink": link})
+        if team_id == "alias":  # reached as 127.0.0.1, links written as localhost
+            path = request.url.path.replace("alias", quote(TEAM, safe=""))
+            link = str(request.url.replace(hostname="localhost", path=path))
+            return JSONResponse({"value": [{"id": "first"}], "@odata.nextLink": link})
         if team_id != TEAM:
             return graph_error(404, "NotFound", f"No team found with Group Id {team_id}")
         items = [
@@ -264,6 +268,11 @@ async def test_paging_stops_at_the_cap(client: MicrosoftTeamsClient, graph: Grap
         await client.list_channels("endless")
     assert caught.value.code == "TooManyPages"
     assert graph.calls_to("GET", "/endless/") == 5
+
+
+async def test_next_link_to_a_loopback_alias_is_followed(client: MicrosoftTeamsClient):
+    channels = await client.list_channels("alias")
+    assert [c.id for c in channels][0] == "first" and len(channels) == 4
 
 
 async def test_next_link_to_another_host_is_refused(client: MicrosoftTeamsClient):

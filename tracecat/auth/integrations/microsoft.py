@@ -260,6 +260,15 @@ def _new_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port, with the loopback names taken as one host: a stand-in may
+    write its links as `localhost` when it was reached as `127.0.0.1`."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, "loopback" if host in ("localhost", "127.0.0.1", "::1") else host, port
+
+
 def _quote(segment: str) -> str:
     return quote(segment, safe="")
 
@@ -447,7 +456,7 @@ class MicrosoftTeamsClient:
         self._access_token = access_token
         self._settings = settings
         self.graph_url = (graph_url or self.settings.microsoft_graph_url).rstrip("/")
-        self._graph_origin = urlsplit(self.graph_url)[:2]
+        self._graph_origin = _origin(self.graph_url)
         self._http_client = http_client
         self._owns_http = http_client is None and not pooled
         self._pacer = pacer
@@ -569,7 +578,7 @@ class MicrosoftTeamsClient:
         if not path_or_url.startswith(("http://", "https://")):
             return f"{self.graph_url}{path_or_url}"
         # A nextLink elsewhere would receive the user's token: refuse it.
-        if urlsplit(path_or_url)[:2] != self._graph_origin:
+        if _origin(path_or_url) != self._graph_origin:
             raise GraphError(
                 502, "UnexpectedNextLink", "Microsoft Graph sent a link outside the Graph URL"
             )
