@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -230,3 +231,19 @@ def _age_pending_flows(database_url: str, minutes: int) -> None:
             await database.dispose()
 
     asyncio.run(age())
+
+
+def test_racing_callbacks_connect_once(api: Api) -> None:
+    """The same callback sent twice at once (a double click, a retrying proxy): one wins."""
+    user = api.user("analyst@example.com")
+    with api.browser() as browser:
+        callback_url = sign_in(start_connect(browser, api.url, user), "alice@contoso.example")
+        cookies = dict(browser.cookies)
+
+        def finish(_: int) -> int:
+            return httpx.get(callback_url, cookies=cookies, timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            codes = sorted(pool.map(finish, range(4)))
+        assert codes == [200, 400, 400, 400]
+        assert _status(api, browser, user)["status"] == "connected"
