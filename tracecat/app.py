@@ -30,15 +30,14 @@ from tracecat.logs import redact_access_log
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     """Build the app; `settings.microsoft_redirect_uri` should already be resolved."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         set_keyring(Keyring.from_settings(settings))
         redact_access_log()
-        app.state.settings = settings
-        app.state.db = database or Database.from_settings(settings)
+        app.state.db = Database.from_settings(settings)
         app.state.cache = ReadCache(settings.tracecat_cache_seconds)
         provider = MicrosoftOAuthProvider(settings)
         # Stateless apart from its shared parts (pool, MSAL app, locks, cache): one per app.
@@ -56,8 +55,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
             provider.close()
-            if database is None:
-                await app.state.db.dispose()
+            await app.state.db.dispose()
 
     app = FastAPI(title="tracecat-integrations", lifespan=lifespan)
     app.include_router(integrations_router)
