@@ -139,6 +139,8 @@ def _sqlite_reader(engine: AsyncEngine) -> Engine:
     if reader is None:
         reader = create_sync_engine(url, connect_args={"check_same_thread": False})
         event.listen(reader, "connect", _sqlite_pragmas)
+        # It runs in the event loop: never wait long for a lock there (WAL readers rarely do).
+        event.listen(reader, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=2000"))
         _sqlite_readers[key] = reader
     return reader
 
