@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import msal
 import pytest
-from emulator_support import ALICE, ALL_SCOPES, REDIRECT_URI, query_of
+from emulator_support import ALICE, msal_sign_in
 
 from tracecat.emulator.server import EmulatorServer
 
@@ -76,16 +76,7 @@ def sign_in(
     """The whole auth code flow through MSAL, the browser step done with login_hint."""
 
     def run(email: str = ALICE, scopes: list[str] | None = None) -> dict[str, Any]:
-        flow = msal_app.initiate_auth_code_flow(
-            scopes or ALL_SCOPES, redirect_uri=REDIRECT_URI, login_hint=email
-        )
-        response = browse.get(flow["auth_uri"])
-        assert response.status_code == 302, response.text
-        result = msal_app.acquire_token_by_auth_code_flow(
-            flow, query_of(response.headers["location"])
-        )
-        assert "access_token" in result, result
-        return result
+        return msal_sign_in(msal_app, browse, email, scopes)
 
     return run
 

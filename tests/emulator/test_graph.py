@@ -10,23 +10,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from emulator_support import ALICE, BOB, GRAPH
+from emulator_support import ALICE, BOB, GENERAL, GRAPH, SECOPS, messages_path
 
 from tracecat.emulator.demo_data import channel_id_for, team_id_for
 from tracecat.emulator.server import EmulatorServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:response_mode:UserWarning")
 
-SECOPS = team_id_for("Security Operations")
-GENERAL = channel_id_for(SECOPS, "General")
 ALERTS = channel_id_for(SECOPS, "Alerts")
 PRIVATE_TEAM = team_id_for("Executive Leadership")
 Graph = Callable[..., httpx.Response]
 Control = Callable[..., httpx.Response]
-
-
-def messages_path(team: str = SECOPS, channel: str = GENERAL) -> str:
-    return f"/teams/{team}/channels/{quote(channel, safe='')}/messages"
 
 
 def assert_graph_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

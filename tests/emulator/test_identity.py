@@ -12,7 +12,16 @@ import httpx
 import jwt
 import msal
 import pytest
-from emulator_support import ALICE, ALL_SCOPES, BOB, GRAPH, REDIRECT_URI, query_of
+from emulator_support import (
+    ALICE,
+    ALL_SCOPES,
+    BOB,
+    GRAPH,
+    REDIRECT_URI,
+    query_of,
+    refresh,
+    token_url,
+)
 
 from tracecat.emulator.constants import TENANT_DOMAIN, TENANT_ID
 from tracecat.emulator.server import EmulatorServer
@@ -28,26 +37,6 @@ AADSTS_BODY_KEYS = {
     "correlation_id",
     "error_uri",
 }
-
-
-def token_url(emulator: EmulatorServer, tenant: str = "common") -> str:
-    return f"{emulator.authority_host}/{tenant}/oauth2/v2.0/token"
-
-
-def refresh(
-    http: httpx.Client, emulator: EmulatorServer, token: str, **extra: str
-) -> httpx.Response:
-    return http.post(
-        token_url(emulator),
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": token,
-            "client_id": emulator.client_id,
-            "client_secret": emulator.client_secret,
-            "scope": " ".join([*ALL_SCOPES, "offline_access", "openid", "profile"]),
-            **extra,
-        },
-    )
 
 
 def assert_aadsts(response: httpx.Response, status: int, error: str, code: int) -> dict[str, Any]:

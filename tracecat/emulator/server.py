@@ -3,6 +3,10 @@
 HTTPS serves everything MSAL and Graph clients call (MSAL refuses http
 authorities). The HTTP listener exists for the person's browser, which does not
 trust the emulator's private CA: discovery publishes the authorize endpoint there.
+
+With `persist=True` (the product: `serve --emulator`, `tracecat-integrations
+emulator`) users, grants and messages are kept in `<data_dir>/emulator/state.json`
+so a restart does not disconnect anyone; tests leave it off and start clean.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tracecat.emulator.app import create_emulator_app
 from tracecat.emulator.certs import ensure_certificates
 from tracecat.emulator.constants import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TENANT_ID
 from tracecat.emulator.keys import SigningKey
+from tracecat.emulator.persistence import STATE_FILE, StatePersister
 from tracecat.emulator.state import EmulatorState
 
 STARTUP_TIMEOUT_SECONDS = 20.0
@@ -52,7 +57,12 @@ class EmulatorServer:
     """Use `start()`/`stop()` or `with EmulatorServer(path) as server:`; port 0 = any free port."""
 
     def __init__(
-        self, data_dir: Path, host: str = "127.0.0.1", https_port: int = 0, http_port: int = 0
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        https_port: int = 0,
+        http_port: int = 0,
+        persist: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -66,6 +76,10 @@ class EmulatorServer:
         self.http_url = ""
         self.ca_bundle = self.data_dir / "emulator" / "ca.pem"
         self.state = EmulatorState(SigningKey.load_or_create(self.data_dir / "emulator"))
+        self._persister: StatePersister | None = None
+        if persist:
+            self._persister = StatePersister(self.state, self.data_dir / "emulator" / STATE_FILE)
+            self._persister.load()
         self._servers: list[uvicorn.Server] = []
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -109,6 +123,8 @@ class EmulatorServer:
             daemon=True,
         )
         self._thread.start()
+        if self._persister is not None:
+            self._persister.start()
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while not all(server.started for server in self._servers):
             if not self._thread.is_alive() or time.monotonic() > deadline:
@@ -142,6 +158,9 @@ class EmulatorServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._thread = None
+        # After the listeners are down, so the last changes are in the final save.
+        if self._persister is not None:
+            self._persister.stop()
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
@@ -158,8 +177,12 @@ class EmulatorServer:
 def run_emulator(
     data_dir: Path, host: str = "127.0.0.1", https_port: int = 0, http_port: int = 0
 ) -> None:
-    """Run in the foreground until Ctrl-C, printing how to point a client at it."""
-    server = EmulatorServer(data_dir, host=host, https_port=https_port, http_port=http_port)
+    """Run in the foreground until Ctrl-C, printing how to point a client at it.
+
+    The state persists: whoever connected through it stays connected across restarts."""
+    server = EmulatorServer(
+        data_dir, host=host, https_port=https_port, http_port=http_port, persist=True
+    )
     server.start()
     print(
         "Microsoft emulator (identity platform v2.0 + Graph v1.0 for Teams) is running.\n"

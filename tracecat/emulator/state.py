@@ -3,6 +3,12 @@
 The server answers requests on its own thread while tests read and change the
 state from theirs, so every public method takes the lock; callers never touch
 the private collections directly.
+
+What must outlive a restart (users, grants, revocation marks, memberships,
+messages, apps, config) can be exported with `snapshot()` and brought back with
+`restore()`; every change to it bumps `version` so a writer knows when to save
+(see persistence.py). Authorization codes, faults and counters are left out:
+codes live minutes and the rest only serves tests.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -31,6 +38,8 @@ from tracecat.emulator.keys import SigningKey
 from tracecat.emulator.throttle import RateLimiter
 
 FaultKind = Literal["token", "graph", "identity"]
+# Bumped whenever the snapshot's layout changes; an older file is then ignored.
+SNAPSHOT_FORMAT = 1
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -208,11 +217,23 @@ class EmulatorState:
         self.https_base: str | None = None
         self.http_base: str | None = None
         self._lock = threading.RLock()
+        self._version = 0
+        # Called with the new version after every reset, outside the lock, so a
+        # persisted copy can be dropped too (POST /_emulator/reset forgets everything).
+        self.on_reset: Callable[[int], None] | None = None
         self.reset()
 
     # -- lifecycle -----------------------------------------------------------------
 
     def reset(self) -> None:
+        with self._lock:
+            self._clear()
+            self._changed()
+            version = self._version
+        if self.on_reset is not None:
+            self.on_reset(version)
+
+    def _clear(self) -> None:
         with self._lock:
             self._config = EmulatorConfig()
             self._apps: dict[str, AppRegistration] = {
@@ -242,6 +263,98 @@ class EmulatorState:
             self._graph_requests: Counter[tuple[str, str]] = Counter()
             self._throttled = 0
 
+    def _changed(self) -> None:
+        """Note a change to what snapshot() exports; callers hold the lock."""
+        self._version += 1
+
+    @property
+    def version(self) -> int:
+        with self._lock:
+            return self._version
+
+    # -- persistence -------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[int, dict[str, Any]]:
+        """The persistent part as plain JSON-ready data, with the version it reflects.
+
+        The result shares no mutable object with the live state (message resources
+        are never changed once stored), so it can be serialized outside the lock.
+        """
+        with self._lock:
+            data = {
+                "format": SNAPSHOT_FORMAT,
+                "config": self._config.to_dict(),
+                "apps": [app.public() for app in self._apps.values()],
+                "users": [asdict(user) for user in self._users.values()],
+                "refresh_tokens": [
+                    {**asdict(grant), "scopes": list(grant.scopes)}
+                    for grant in self._refresh.values()
+                ],
+                # Kept so revocation compares the exact issue time, not the whole-second iat.
+                "access_tokens": [asdict(record) for record in self._access.values()],
+                "revoked_jtis": sorted(self._revoked_jtis),
+                "members": {team: sorted(emails) for team, emails in self._members.items()},
+                # In the order they were posted, so replies follow their root.
+                "messages": [
+                    {
+                        "id": message.id,
+                        "team_id": message.team_id,
+                        "channel_id": message.channel_id,
+                        "reply_to_id": message.reply_to_id,
+                        "sender_email": message.sender_email,
+                        "resource": message.resource,
+                    }
+                    for message in self._all_messages
+                ],
+                "last_message_ms": self._last_message_ms,
+            }
+            return self._version, data
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace the persistent part with a snapshot() result.
+
+        Raise ValueError (or KeyError, TypeError, AttributeError) on a malformed snapshot, leaving
+        the state as it was.
+        """
+        if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError("not an emulator state snapshot of a known format")
+        config = EmulatorConfig().patched(data["config"])
+        apps: dict[str, AppRegistration] = {}
+        for fields_ in data["apps"]:
+            app = AppRegistration(**{**fields_, "scopes": tuple(fields_["scopes"])})
+            apps[app.client_id] = app
+        users = {user.email: user for user in (User(**fields_) for fields_ in data["users"])}
+        refresh: dict[str, RefreshGrant] = {}
+        for fields_ in data["refresh_tokens"]:
+            grant = RefreshGrant(**{**fields_, "scopes": tuple(fields_["scopes"])})
+            refresh[grant.token] = grant
+        access = {r.jti: r for r in (IssuedAccessToken(**f) for f in data["access_tokens"])}
+        revoked_jtis = {str(jti) for jti in data["revoked_jtis"]}
+        members: defaultdict[str, set[str]] = defaultdict(set)
+        for team_id, emails in data["members"].items():
+            members[team_id] = {str(email) for email in emails}
+        messages = [StoredMessage(**fields_) for fields_ in data["messages"]]
+        roots: set[tuple[str, str]] = set()
+        for message in messages:
+            if message.reply_to_id is None:
+                roots.add((message.channel_id, message.id))
+            elif (message.channel_id, message.reply_to_id) not in roots:
+                raise ValueError(f"reply {message.id} comes before its root message")
+        last_message_ms = int(data["last_message_ms"])
+        with self._lock:
+            self._clear()
+            self._config = config
+            self._apps.update(apps)
+            self._users = users
+            self._refresh = refresh
+            self._access = access
+            self._revoked_jtis = revoked_jtis
+            self._members = members
+            for message in messages:
+                self._store_message(message)
+            self._last_message_ms = last_message_ms
+            self._changed()
+
     @property
     def config(self) -> EmulatorConfig:
         with self._lock:
@@ -250,6 +363,7 @@ class EmulatorState:
     def patch_config(self, patch: dict[str, Any]) -> EmulatorConfig:
         with self._lock:
             self._config = self._config.patched(patch)
+            self._changed()
             return self._config
 
     # -- apps and users ------------------------------------------------------------
@@ -262,6 +376,7 @@ class EmulatorState:
         with self._lock:
             app.client_id = app.client_id.lower()
             self._apps[app.client_id] = app
+            self._changed()
             return app
 
     def sign_in(self, email: str) -> User:
@@ -275,6 +390,7 @@ class EmulatorState:
                 for team in self._teams.values():
                     if team.open_to_all_users:
                         self._members[team.id].add(key)
+                self._changed()
             return user
 
     def user(self, email: str) -> User | None:
@@ -290,6 +406,7 @@ class EmulatorState:
             user = self.user(email)
             if user is not None:
                 user.tokens_valid_from = time.time()
+                self._changed()
             return user
 
     def expire_user_access_tokens(self, email: str) -> User | None:
@@ -297,6 +414,7 @@ class EmulatorState:
             user = self.user(email)
             if user is not None:
                 user.access_tokens_expired_before = time.time()
+                self._changed()
             return user
 
     # -- authorization codes and refresh tokens ---------------------------------------
@@ -324,6 +442,7 @@ class EmulatorState:
         grant = RefreshGrant(_opaque("0.AEmu"), client_id, email, scopes, time.time())
         with self._lock:
             self._refresh[grant.token] = grant
+            self._changed()
         return grant.token
 
     def use_refresh_token(self, token: str, client_id: str) -> RefreshGrant:
@@ -343,7 +462,9 @@ class EmulatorState:
                 raise TokenProblem("client", grant)
             if grant.used and self._config.refresh_token_rotation == "strict":
                 raise TokenProblem("reused", grant)
-            grant.used = True
+            if not grant.used:
+                grant.used = True
+                self._changed()
             return grant
 
     # -- access tokens ---------------------------------------------------------------
@@ -351,6 +472,7 @@ class EmulatorState:
     def record_access_token(self, jti: str, email: str, client_id: str, issued_at: float) -> None:
         with self._lock:
             self._access[jti] = IssuedAccessToken(jti, email, client_id, issued_at)
+            self._changed()
 
     def access_token_problem(self, jti: str, email: str, iat: float) -> str | None:
         """'revoked' or 'expired' when the control API invalidated the token early."""
@@ -393,6 +515,11 @@ class EmulatorState:
             return str(self._last_message_ms)
 
     def add_message(self, message: StoredMessage) -> None:
+        with self._lock:
+            self._store_message(message)
+            self._changed()
+
+    def _store_message(self, message: StoredMessage) -> None:
         with self._lock:
             if message.reply_to_id is None:
                 self._messages[message.channel_id].append(message)
