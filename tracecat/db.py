@@ -109,14 +109,10 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 
 def _sqlite_begin(connection: Connection) -> None:
     # pysqlite's own transaction handling is off (see _sqlite_pragmas), so SQLAlchemy emits
-    # BEGIN itself; a connection that asks for it takes the write lock up front, the
-    # SQLite stand-in for a row lock.
-    options = connection.get_execution_options()
-    if options.get("read_only_autocommit"):
-        return
-    connection.exec_driver_sql(
-        "BEGIN IMMEDIATE" if options.get("sqlite_begin_immediate") else "BEGIN"
-    )
+    # BEGIN itself. IMMEDIATE takes the write lock up front: it is SQLite's stand-in for a row
+    # lock, and a deferred transaction that reads then writes fails at once (SQLITE_BUSY) when
+    # another writer committed in between. Hot reads do not come here (see fetch_all).
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001

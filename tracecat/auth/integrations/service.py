@@ -352,7 +352,9 @@ class IntegrationService:
         self, integration_id: uuid.UUID, seen_version: int | None, force: bool
     ) -> str:
         margin = self.settings.tracecat_refresh_margin_seconds
-        async with _locked_session(self._engine) as session:
+        # The row lock: FOR UPDATE on PostgreSQL; on SQLite every transaction starts with
+        # BEGIN IMMEDIATE, the database write lock (see db.py).
+        async with self.database.session() as session:
             integration = await session.get(
                 UserIntegration, integration_id, with_for_update=True, populate_existing=True
             )
@@ -491,17 +493,6 @@ async def run_sweeper(service: IntegrationService) -> None:
         except Exception:  # a database blip must not end the sweeper
             logger.exception("Refresh sweep failed; retrying in %s s", interval)
         await asyncio.sleep(interval)
-
-
-@asynccontextmanager
-async def _locked_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """A transaction that holds the write lock: FOR UPDATE does it on PostgreSQL; SQLite has
-    no row locks, so its transaction starts with BEGIN IMMEDIATE (see db.py)."""
-    async with engine.connect() as connection:
-        connection = await connection.execution_options(sqlite_begin_immediate=True)
-        async with AsyncSession(bind=connection, expire_on_commit=False) as session:
-            yield session
-            await session.rollback()
 
 
 def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
