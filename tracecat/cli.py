@@ -85,7 +85,7 @@ def serve(
         if emulator:
             from tracecat.emulator.server import EmulatorServer
 
-            server = EmulatorServer(settings.data_dir)
+            server = EmulatorServer(settings.data_dir, persist=True)
             server.start()
             settings = settings.model_copy(
                 update={
