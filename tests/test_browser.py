@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from tests.test_cli import run_cli
+from tests.utils.flows import ApiUser, connect
 from tests.utils.server import ServeProcess
 
 CHROMIUM_FLAGS = [
@@ -89,3 +90,27 @@ def test_newcomer_connects_from_the_page(
 
     page.click("#disconnect")
     page.wait_for_selector("#status:has-text('Disconnected')")
+
+
+def test_restarting_serve_emulator_keeps_users_connected(tmp_path: Path) -> None:
+    env = {"TRACECAT_DATA_DIR": str(tmp_path / "data")}
+    created = run_cli("users", "create", "returning@example.com", env=env)
+    user = ApiUser(**json.loads(created.stdout.splitlines()[-1]))
+    headers = user.headers
+    first = ServeProcess(env, "--emulator").wait_ready()
+    try:
+        with httpx.Client() as browser:
+            assert connect(browser, first.url, user, "returning@contoso.example").status_code == 200
+        assert httpx.get(
+            f"{first.url}/auth/integrations/microsoft/teams", headers=headers
+        ).is_success
+    finally:
+        first.stop()
+    second = ServeProcess(env, "--emulator").wait_ready()
+    try:
+        teams = httpx.get(f"{second.url}/auth/integrations/microsoft/teams", headers=headers)
+        assert teams.status_code == 200, teams.text
+        status = httpx.get(f"{second.url}/auth/integrations/microsoft/status", headers=headers)
+        assert status.json()["status"] == "connected"
+    finally:
+        second.stop()
