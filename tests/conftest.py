@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,18 @@ class Api:
 
     def refreshes(self) -> int:
         return sum(self.refresh_outcomes().values())
+
+    @contextmanager
+    def another_server(self, **settings: object) -> Iterator[str]:
+        """A second app on the same database and emulator, with some settings changed."""
+        port = free_port()
+        data_dir = self.settings.tracecat_data_dir
+        changed = make_settings(self.emulator, self.database_url, data_dir, port, **settings)
+        server = LiveServer(create_app(changed), port=port).start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")

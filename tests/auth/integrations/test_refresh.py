@@ -11,10 +11,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.conftest import ENCRYPTION_KEY, Api, make_settings
+from tests.conftest import ENCRYPTION_KEY, Api
 from tests.utils.flows import ApiUser, connect
-from tests.utils.server import LiveServer, ServeProcess, free_port
-from tracecat.app import create_app
+from tests.utils.server import ServeProcess
 
 BASE = "/auth/integrations/microsoft"
 MS_USER = "alice@contoso.example"
@@ -157,17 +156,8 @@ def test_metrics_count_refreshes(api: Api) -> None:
 
 @pytest.fixture
 def sweeping_server(api: Api) -> Iterator[str]:
-    port = free_port()
-    settings = make_settings(
-        api.emulator,
-        api.database_url,
-        api.settings.tracecat_data_dir,
-        port,
-        tracecat_refresh_interval_seconds=1,
-    )
-    server = LiveServer(create_app(settings), port=port).start()
-    yield server.url
-    server.stop()
+    with api.another_server(tracecat_refresh_interval_seconds=1) as url:
+        yield url
 
 
 def test_sweeper_refreshes_idle_tokens(api: Api, sweeping_server: str) -> None:
@@ -229,21 +219,10 @@ def test_wrong_client_secret_is_reported_and_the_grant_kept(api: Api) -> None:
     api.control("PATCH", "/config", json={"access_token_lifetime": 2})
     with api.browser() as browser:
         assert connect(browser, api.url, user, MS_USER).status_code == 200
-    port = free_port()
-    settings = make_settings(
-        api.emulator,
-        api.database_url,
-        api.settings.tracecat_data_dir,
-        port,
-        microsoft_client_secret="not-the-secret",
-    )
-    server = LiveServer(create_app(settings), port=port).start()
-    try:
-        assert httpx.get(f"{server.url}{BASE}/teams", headers=user.headers).status_code == 200
+    with api.another_server(microsoft_client_secret="not-the-secret") as url:
+        assert httpx.get(f"{url}{BASE}/teams", headers=user.headers).status_code == 200
         time.sleep(2.2)
-        expired = httpx.get(f"{server.url}{BASE}/teams", headers=user.headers)
-    finally:
-        server.stop()
+        expired = httpx.get(f"{url}{BASE}/teams", headers=user.headers)
     assert expired.status_code == 502
     assert "MICROSOFT_CLIENT_SECRET" in expired.json()["detail"]
     current = status(api, user)

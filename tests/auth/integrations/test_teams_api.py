@@ -7,10 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Api, make_settings
+from tests.conftest import Api
 from tests.utils.flows import ApiUser, connect
-from tests.utils.server import LiveServer, free_port
-from tracecat.app import create_app
 
 BASE = "/auth/integrations/microsoft"
 
@@ -149,32 +147,21 @@ def test_listing_messages_needs_the_extra_scope(
 
 
 def test_listing_messages_with_the_extra_scope(api: Api) -> None:
-    port = free_port()
-    settings = make_settings(
-        api.emulator,
-        api.database_url,
-        api.settings.tracecat_data_dir,
-        port,
-        microsoft_extra_scopes=["ChannelMessage.Read.All"],
-    )
-    server = LiveServer(create_app(settings), port=port).start()
-    try:
-        user = api.user("reader@example.com")
-        with httpx.Client(base_url=server.url) as browser:
-            assert connect(browser, server.url, user, "alice@contoso.example").status_code == 200
-            team_id, channel_id = _first_channel(browser, user)
-            path = f"{BASE}/teams/{team_id}/channels/{channel_id}/messages"
-            for text in ("one", "two", "three"):
-                assert (
-                    browser.post(path, headers=user.headers, json={"content": text}).status_code
-                    == 201
-                )
-            listed = browser.get(path, headers=user.headers, params={"top": 2})
-            assert listed.status_code == 200, listed.text
-            assert [m["body"]["content"] for m in listed.json()] == ["three", "two"]
-            assert browser.get(path, headers=user.headers, params={"top": 0}).status_code == 422
-    finally:
-        server.stop()
+    user = api.user("reader@example.com")
+    with (
+        api.another_server(microsoft_extra_scopes=["ChannelMessage.Read.All"]) as url,
+        httpx.Client(base_url=url) as browser,
+    ):
+        assert connect(browser, url, user, "alice@contoso.example").status_code == 200
+        team_id, channel_id = _first_channel(browser, user)
+        path = f"{BASE}/teams/{team_id}/channels/{channel_id}/messages"
+        for text in ("one", "two", "three"):
+            sent = browser.post(path, headers=user.headers, json={"content": text})
+            assert sent.status_code == 201
+        listed = browser.get(path, headers=user.headers, params={"top": 2})
+        assert listed.status_code == 200, listed.text
+        assert [m["body"]["content"] for m in listed.json()] == ["three", "two"]
+        assert browser.get(path, headers=user.headers, params={"top": 0}).status_code == 422
 
 
 def test_not_connected_says_how_to_connect(api: Api) -> None:
