@@ -91,6 +91,11 @@ def test_newcomer_connects_from_the_page(
     page.click("#disconnect")
     page.wait_for_selector("#status:has-text('Disconnected')")
 
+    # Embedded defaults: the database and a generated key, readable by the owner only.
+    data_dir = Path(env["TRACECAT_DATA_DIR"])
+    assert (data_dir / "tracecat.db").is_file()
+    assert (data_dir / "encryption.key").stat().st_mode & 0o777 == 0o600
+
 
 def test_restarting_serve_emulator_keeps_users_connected(tmp_path: Path) -> None:
     env = {"TRACECAT_DATA_DIR": str(tmp_path / "data")}
