@@ -5,7 +5,8 @@ TracecatError
 ├── AuthenticationError           401  missing or unknown API key
 ├── ReauthorizationRequiredError  401  Microsoft refused the grant: reconnect
 ├── ForbiddenError                403  e.g. a scope the user never granted
-├── NotFoundError                 404  not connected, unknown user
+├── NotFoundError                 404  unknown user, team, ...
+│   └── NotConnectedError         404  no Microsoft connection: how to make one
 ├── ConflictError                 409
 ├── UpstreamError                 502  Microsoft answered something we cannot use
 ├── ProviderUnavailableError      503  Microsoft is unreachable or failing for now (Retry-After)
@@ -54,6 +55,11 @@ class ForbiddenError(TracecatError):
 
 class NotFoundError(TracecatError):
     status_code = 404
+
+
+class NotConnectedError(NotFoundError):
+    def __init__(self) -> None:
+        super().__init__(f"Microsoft Teams is not connected: {CONNECT_HINT}")
 
 
 class ConflictError(TracecatError):

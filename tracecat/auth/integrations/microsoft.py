@@ -28,7 +28,6 @@ import msal
 from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
 from pydantic import BaseModel, ValidationError
 
-from tracecat.auth.integrations.models import MICROSOFT_TEAMS
 from tracecat.auth.integrations.pacing import LoopLocal, Pacer, default_pacer
 from tracecat.auth.integrations.schemas import (
     Channel,
@@ -121,7 +120,6 @@ def _error_text(result: dict[str, Any]) -> str:
 class MicrosoftOAuthProvider:
     """The authorization-code flow and refreshes, through one MSAL app per process."""
 
-    provider_id = MICROSOFT_TEAMS
     scopes = ["Team.ReadBasic.All", "Channel.ReadBasic.All", "ChannelMessage.Send", "User.Read"]
 
     def __init__(self, settings: Settings) -> None:

@@ -54,7 +54,7 @@ from tracecat.exceptions import (
     DeliveryUnknownError,
     ForbiddenError,
     GraphError,
-    NotFoundError,
+    NotConnectedError,
     ProviderUnavailableError,
     ReauthorizationRequiredError,
     TracecatError,
@@ -79,10 +79,12 @@ _VIEWS = (
     .where(UserIntegration.user_id == bindparam("user_id"))
     .order_by(UserIntegration.provider)
 )
-_GRANT = select(*Grant.columns()).where(
+_OF_USER = (
     UserIntegration.user_id == bindparam("user_id"),
     UserIntegration.provider == bindparam("provider"),
 )
+_INTEGRATION = select(UserIntegration).where(*_OF_USER)
+_GRANT = select(*Grant.columns()).where(*_OF_USER)
 _DUE = select(UserIntegration.id).where(
     UserIntegration.expires_at <= bindparam("horizon"),
     UserIntegration.refresh_token.is_not(None),
@@ -140,13 +142,9 @@ class IntegrationService:
         self, *, user_id: uuid.UUID | str, provider: str = MICROSOFT_TEAMS
     ) -> UserIntegration | None:
         """The connection with its tokens (decrypted), detached from any session."""
+        params = {"user_id": _as_uuid(user_id), "provider": provider}
         async with self.database.session() as session:
-            return await session.scalar(
-                select(UserIntegration).where(
-                    UserIntegration.user_id == _as_uuid(user_id),
-                    UserIntegration.provider == provider,
-                )
-            )
+            return await session.scalar(_INTEGRATION, params)
 
     async def list_views(
         self, user_id: uuid.UUID, provider: str | None = None
@@ -167,7 +165,7 @@ class IntegrationService:
                 self._engine, _GRANT, {"user_id": user_id, "provider": MICROSOFT_TEAMS}
             )
             if not rows:
-                raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
+                raise NotConnectedError
             grant = Grant(*rows[0])
             self.cache.put("grant", user_id, grant)
         return grant
@@ -219,10 +217,7 @@ class IntegrationService:
         tokens = await to_thread.run_sync(self.provider.complete, flow, params)
         async with self.database.session() as session:
             integration = await session.scalar(
-                select(UserIntegration).where(
-                    UserIntegration.user_id == pending.user_id,
-                    UserIntegration.provider == MICROSOFT_TEAMS,
-                )
+                _INTEGRATION, {"user_id": pending.user_id, "provider": MICROSOFT_TEAMS}
             )
             if integration is None:
                 integration = UserIntegration(user_id=pending.user_id, provider=MICROSOFT_TEAMS)
@@ -270,14 +265,14 @@ class IntegrationService:
             await session.commit()
         self.cache.forget_user(user_id)
         if not result.rowcount:
-            raise NotFoundError("Microsoft Teams is not connected")
+            raise NotConnectedError
         logger.info("User %s disconnected Microsoft account", user_id)
 
     async def require_scope(self, user_id: uuid.UUID, scope: str) -> None:
         """Refuse early, with the fix, a call Graph would refuse for a scope never granted."""
         views = await self.list_views(user_id, MICROSOFT_TEAMS)
         if not views:
-            raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
+            raise NotConnectedError
         granted = {s.rsplit("/", 1)[-1].lower() for s in views[0].scope.split()}
         if scope.lower() not in granted:
             raise ForbiddenError(
@@ -359,7 +354,7 @@ class IntegrationService:
                 UserIntegration, integration_id, with_for_update=True, populate_existing=True
             )
             if integration is None:
-                raise NotFoundError(f"Microsoft Teams is not connected: {CONNECT_HINT}")
+                raise NotConnectedError
             # Whatever happens next changes or confirms the row: cached reads must go.
             self.cache.forget_user(integration.user_id)
             if integration.status == GrantState.REVOKED:
@@ -379,12 +374,9 @@ class IntegrationService:
             try:
                 tokens = await self._redeem(integration.refresh_token)
             except ReauthorizationRequiredError as exc:
-                integration.status = GrantState.REVOKED
-                integration.refresh_failures += 1
-                integration.last_error = exc.reason
-                await session.commit()
-                REFRESHES.labels(outcome="invalid_grant").inc()
-                logger.warning("Refresh refused for user %s: reconnect needed", integration.user_id)
+                await _record_failure(
+                    session, integration, GrantState.REVOKED, exc.reason, "invalid_grant"
+                )
                 raise
             except TransientProviderError as exc:
                 return await self._fail_passing(session, integration, str(exc.detail))
@@ -434,12 +426,8 @@ class IntegrationService:
     ) -> str:
         """Keep the grant; use the current token while it lasts, else raise `error` (by
         default: retry later)."""
-        integration.refresh_failures += 1
-        integration.status = GrantState.REFRESH_FAILING
-        integration.last_error = reason
-        await session.commit()
-        REFRESHES.labels(outcome="transient" if error is None else "refused").inc()
-        logger.warning("Refresh failed for user %s: %s", integration.user_id, reason)
+        outcome = "transient" if error is None else "refused"
+        await _record_failure(session, integration, GrantState.REFRESH_FAILING, reason, outcome)
         if not integration.is_expired:
             return integration.access_token
         raise error or ProviderUnavailableError(
@@ -466,6 +454,23 @@ class IntegrationService:
         # A new connection has not been refreshed yet (and must not count as just refreshed).
         integration.last_refreshed_at = datetime.now(UTC) if refreshed else None
         integration.token_version = (integration.token_version or 0) + 1
+
+
+async def _record_failure(
+    session: AsyncSession,
+    integration: UserIntegration,
+    state: GrantState,
+    reason: str,
+    outcome: str,
+) -> None:
+    """Keep the refusal on the row (status, last error, failures in a row), say so in the
+    metrics and the log; never the token."""
+    integration.status = state
+    integration.refresh_failures += 1
+    integration.last_error = reason
+    await session.commit()
+    REFRESHES.labels(outcome=outcome).inc()
+    logger.warning("Refresh failed for user %s (%s): %s", integration.user_id, outcome, reason)
 
 
 class RefreshLocks:
