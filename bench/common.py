@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +25,9 @@ from typing import Any, Literal
 import httpx
 
 from tests.utils.flows import ApiUser, connect
+
+# Inherited settings would point the bench elsewhere: clean_environment drops them.
+from tests.utils.server import clean_environment, free_port
 from tracecat.crypto import generate_key
 from tracecat.emulator.constants import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_USERS
 
@@ -37,9 +38,6 @@ POSTGRES_ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 STARTUP_TIMEOUT = 45.0
 STOP_TIMEOUT = 10.0
-# Variables that configure our service: inherited ones would point the bench elsewhere.
-STRIPPED_PREFIXES = ("MICROSOFT_", "TRACECAT_")
-STRIPPED_NAMES = ("DATABASE_URL", "REDIS_URL")
 
 _started = time.monotonic()
 
@@ -49,12 +47,6 @@ def log(message: str) -> None:
     print(f"[{time.monotonic() - _started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def cli_path() -> str:
     """The CLI next to this interpreter (the venv's), else the one on PATH."""
     candidate = Path(sys.executable).parent / "tracecat-integrations"
@@ -62,14 +54,6 @@ def cli_path() -> str:
     if not found:
         raise SystemExit("tracecat-integrations is not installed in this environment")
     return found
-
-
-def clean_environment() -> dict[str, str]:
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(STRIPPED_PREFIXES) and name not in STRIPPED_NAMES
-    }
 
 
 def print_table(rows: Sequence[tuple[str, Any]], figures: dict[str, Any]) -> None:
