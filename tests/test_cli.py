@@ -37,7 +37,7 @@ def _authenticates(database_url: str, api_key: str) -> bool:
     async def check() -> bool:
         database = Database(database_url)
         try:
-            await authenticate(database.engine, api_key)
+            await authenticate(database, api_key)
             return True
         except AuthenticationError:
             return False

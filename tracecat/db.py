@@ -111,7 +111,7 @@ def _sqlite_begin(connection: Connection) -> None:
     # pysqlite's own transaction handling is off (see _sqlite_pragmas), so SQLAlchemy emits
     # BEGIN itself. IMMEDIATE takes the write lock up front: it is SQLite's stand-in for a row
     # lock, and a deferred transaction that reads then writes fails at once (SQLITE_BUSY) when
-    # another writer committed in between. Hot reads do not come here (see fetch_all).
+    # another writer committed in between. Hot reads do not come here (see Database.fetch_all).
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -124,40 +124,15 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
     cursor.close()
 
 
-_sqlite_readers: dict[str, Engine] = {}
-
-
 def _sqlite_reader(engine: AsyncEngine) -> Engine:
     """A synchronous twin of an SQLite engine, for the one-row reads of the hot paths."""
-    url = engine.url.set(drivername="sqlite")
-    key = url.render_as_string(hide_password=False)
-    reader = _sqlite_readers.get(key)
-    if reader is None:
-        reader = create_sync_engine(url, connect_args={"check_same_thread": False})
-        event.listen(reader, "connect", _sqlite_pragmas)
-        # It runs in the event loop: never wait long for a lock there (WAL readers rarely do).
-        event.listen(reader, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=2000"))
-        _sqlite_readers[key] = reader
+    reader = create_sync_engine(
+        engine.url.set(drivername="sqlite"), connect_args={"check_same_thread": False}
+    )
+    event.listen(reader, "connect", _sqlite_pragmas)
+    # It runs in the event loop: never wait long for a lock there (WAL readers rarely do).
+    event.listen(reader, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=2000"))
     return reader
-
-
-async def fetch_all(
-    engine: AsyncEngine, query: Executable, params: dict[str, Any] | None = None
-) -> Sequence[Row[Any]]:
-    """Run one read-only statement with no BEGIN/ROLLBACK around it (one statement is
-    consistent on its own); the API-key check and status go through here on every request.
-
-    On SQLite the statement runs right in the event loop: an indexed read of a row takes
-    microseconds, far less than aiosqlite's several thread hops, and in WAL mode readers never
-    wait for writers. Pass a statement built once, with bind parameters: building one costs
-    more than running it.
-    """
-    if is_sqlite(engine):
-        with _sqlite_reader(engine).connect() as connection:
-            return connection.execute(query, params).all()
-    async with engine.connect() as connection:
-        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        return (await connection.execute(query, params)).all()
 
 
 class Database:
@@ -167,6 +142,26 @@ class Database:
         self.url = url
         self.engine = create_engine(url, pool_size)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite's hot reads skip aiosqlite's thread hops: see fetch_all.
+        self._sqlite_reader = _sqlite_reader(self.engine) if is_sqlite(self.engine) else None
+
+    async def fetch_all(
+        self, query: Executable, params: dict[str, Any] | None = None
+    ) -> Sequence[Row[Any]]:
+        """Run one read-only statement with no BEGIN/ROLLBACK around it (one statement is
+        consistent on its own); the API-key check and status go through here on every request.
+
+        On SQLite the statement runs right in the event loop: an indexed read of a row takes
+        microseconds, far less than aiosqlite's several thread hops, and in WAL mode readers
+        never wait for writers. Pass a statement built once, with bind parameters: building one
+        costs more than running it.
+        """
+        if self._sqlite_reader is not None:
+            with self._sqlite_reader.connect() as connection:
+                return connection.execute(query, params).all()
+        async with self.engine.connect() as connection:
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            return (await connection.execute(query, params)).all()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -179,6 +174,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._sqlite_reader is not None:
+            self._sqlite_reader.dispose()
 
 
 def upgrade_schema(url: str) -> None:

@@ -21,7 +21,7 @@ class ApiKeyBearer(HTTPBearer):
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise AuthenticationError("missing API key: send `Authorization: Bearer <api key>`")
         state = request.app.state
-        return await authenticate(state.db.engine, credentials.credentials, state.cache)
+        return await authenticate(state.db, credentials.credentials, state.cache)
 
 
 CurrentUser = Annotated[

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from tracecat.auth.models import ApiKey, User
 from tracecat.cache import NO_CACHE, ReadCache
 from tracecat.crypto import hash_secret, new_api_key
-from tracecat.db import fetch_all
+from tracecat.db import Database
 from tracecat.exceptions import AuthenticationError, BadRequestError, ConflictError, NotFoundError
 
 
@@ -44,13 +44,13 @@ _AUTHENTICATE = (
 )
 
 
-async def authenticate(engine: AsyncEngine, api_key: str, cache: ReadCache = NO_CACHE) -> Principal:
+async def authenticate(database: Database, api_key: str, cache: ReadCache = NO_CACHE) -> Principal:
     """One indexed lookup of the key's hash, remembered for the cache's TTL (so a key
     revoked by the CLI stops working within TTL seconds). Failures are never cached."""
     key_hash = hash_secret(api_key)
     principal: Principal | None = cache.get("api_key", key_hash)
     if principal is None:
-        rows = await fetch_all(engine, _AUTHENTICATE, {"key_hash": key_hash})
+        rows = await database.fetch_all(_AUTHENTICATE, {"key_hash": key_hash})
         if not rows:
             raise AuthenticationError("invalid or revoked API key")
         principal = Principal(id=rows[0].id, email=rows[0].email)

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from anyio import to_thread
 from sqlalchemy import bindparam, delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tracecat.auth.integrations.microsoft import (
     MicrosoftOAuthProvider,
@@ -47,7 +47,7 @@ from tracecat.auth.integrations.models import (
 from tracecat.cache import NO_CACHE, ReadCache
 from tracecat.config import Settings, get_settings
 from tracecat.crypto import hash_secret
-from tracecat.db import Database, fetch_all
+from tracecat.db import Database
 from tracecat.exceptions import (
     CONNECT_HINT,
     BadRequestError,
@@ -152,7 +152,7 @@ class IntegrationService:
         """The user's connections without their tokens: one statement, no transaction."""
         views: list[IntegrationView] | None = self.cache.get("views", user_id)
         if views is None:
-            rows = await fetch_all(self._engine, _VIEWS, {"user_id": user_id})
+            rows = await self.database.fetch_all(_VIEWS, {"user_id": user_id})
             views = [IntegrationView(*row) for row in rows]
             self.cache.put("views", user_id, views)
         return [view for view in views if provider in (None, view.provider)]
@@ -161,18 +161,14 @@ class IntegrationService:
         """The token side of the user's Teams connection, without holding a connection."""
         grant: Grant | None = self.cache.get("grant", user_id)
         if grant is None:
-            rows = await fetch_all(
-                self._engine, _GRANT, {"user_id": user_id, "provider": MICROSOFT_TEAMS}
+            rows = await self.database.fetch_all(
+                _GRANT, {"user_id": user_id, "provider": MICROSOFT_TEAMS}
             )
             if not rows:
                 raise NotConnectedError
             grant = Grant(*rows[0])
             self.cache.put("grant", user_id, grant)
         return grant
-
-    @property
-    def _engine(self) -> AsyncEngine:
-        return self.database.engine
 
     # --- connecting -----------------------------------------------------------------------
 
@@ -394,7 +390,7 @@ class IntegrationService:
         margin = timedelta(seconds=self.settings.tracecat_refresh_margin_seconds)
         ids = [
             row.id
-            for row in await fetch_all(self._engine, _DUE, {"horizon": datetime.now(UTC) + margin})
+            for row in await self.database.fetch_all(_DUE, {"horizon": datetime.now(UTC) + margin})
         ]
         for integration_id in ids:
             try:
