@@ -136,11 +136,12 @@ def run_emulator_command(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration (alembic upgrade head)."""
+    from tracecat.db import upgrade_schema
 
-    async def done(_: Any) -> None:
-        return None
-
-    _with_database(done)
+    try:
+        upgrade_schema(_settings().database_url_or_default)
+    except SettingsError as exc:
+        _fail(str(exc), 2)
     typer.echo("Database schema is up to date.")
 
 
