@@ -27,7 +27,7 @@ import httpx
 from tests.utils.flows import ApiUser, connect
 
 # Inherited settings would point the bench elsewhere: clean_environment drops them.
-from tests.utils.server import clean_environment, free_port
+from tests.utils.server import CONTROL_HEADERS, clean_environment, free_port
 from tracecat.crypto import generate_key
 from tracecat.emulator.constants import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_USERS
 
@@ -163,7 +163,12 @@ class Emulator:
     def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Call the control API under /_emulator."""
         with httpx.Client(verify=self.ssl_context(), timeout=30.0) as client:
-            response = client.request(method, f"{self.authority_host}/_emulator{path}", json=body)
+            response = client.request(
+                method,
+                f"{self.authority_host}/_emulator{path}",
+                json=body,
+                headers=CONTROL_HEADERS,
+            )
         response.raise_for_status()
         return response.json() if response.content else None
 

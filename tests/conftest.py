@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.utils.flows import ApiUser, create_user
-from tests.utils.server import LiveServer, free_port
+from tests.utils.server import CONTROL_HEADERS, LiveServer, free_port
 from tracecat.app import create_app
 from tracecat.config import Settings
 from tracecat.crypto import generate_key
@@ -106,7 +106,7 @@ class Api:
     def control(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         """The emulator's control API (faults, config, stats)."""
         url = f"{self.emulator.http_url}/_emulator{path}"
-        response = httpx.request(method, url, **kwargs)  # type: ignore[arg-type]
+        response = httpx.request(method, url, headers=CONTROL_HEADERS, **kwargs)  # type: ignore[arg-type]
         response.raise_for_status()
         return response
 
@@ -156,4 +156,4 @@ def truncate_all(database_url: str) -> None:
 def api(api_server: Api) -> Iterator[Api]:
     yield api_server
     truncate_all(api_server.database_url)
-    httpx.post(f"{api_server.emulator.http_url}/_emulator/reset").raise_for_status()
+    api_server.control("POST", "/reset")

@@ -4,12 +4,13 @@ in a real Chromium (Debian's, driven by Playwright), with no certificate warning
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.test_cli import run_cli
 from tests.utils.flows import ApiUser, connect
@@ -95,6 +96,46 @@ def test_newcomer_connects_from_the_page(
     data_dir = Path(env["TRACECAT_DATA_DIR"])
     assert (data_dir / "tracecat.db").is_file()
     assert (data_dir / "encryption.key").stat().st_mode & 0o777 == 0o600
+
+
+def _api_key(env: dict[str, str], email: str) -> str:
+    created = run_cli("users", "create", email, env=env)
+    return json.loads(created.stdout.strip().splitlines()[-1])["api_key"]
+
+
+def _start_connecting(page: Page, url: str, api_key: str) -> None:
+    """As a person: open the page, paste the key, press Connect, reach the sign-in page."""
+    page.goto(f"{url}/")
+    page.get_by_label("API key").fill(api_key)
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.get_by_role("heading", name="Pick an account")).to_be_visible()
+
+
+def test_one_click_on_a_demo_account_connects(
+    emulator_service: tuple[str, dict[str, str]], page: Page
+) -> None:
+    url, env = emulator_service
+    _start_connecting(page, url, _api_key(env, "newcomer@example.com"))
+    first_demo_account = page.get_by_role("button", name=re.compile("@")).first
+    account = first_demo_account.inner_text().split()[-1]
+    first_demo_account.click()
+    expect(page.get_by_role("heading", name="Microsoft Teams connected")).to_be_visible()
+    expect(page.get_by_text(account)).to_be_visible()
+    page.get_by_role("link", name="Back to the connect page").click()
+    expect(page.get_by_role("status")).to_contain_text("Status: connected")
+    expect(page.get_by_role("status")).to_contain_text(account)
+
+
+def test_cancel_on_the_sign_in_page_comes_back_as_a_page(
+    emulator_service: tuple[str, dict[str, str]], page: Page
+) -> None:
+    url, env = emulator_service
+    _start_connecting(page, url, _api_key(env, "newcomer@example.com"))
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("heading", name="Microsoft Teams was not connected")).to_be_visible()
+    expect(page.get_by_text("cancelled")).to_be_visible()
+    page.get_by_role("link", name="Back to the connect page").click()
+    expect(page.get_by_role("status")).to_contain_text("not_connected")
 
 
 def test_restarting_serve_emulator_keeps_users_connected(tmp_path: Path) -> None:

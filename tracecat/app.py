@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +25,8 @@ from tracecat.crypto import DecryptionError, Keyring, set_keyring
 from tracecat.db import Database
 from tracecat.exceptions import TracecatError
 from tracecat.logs import redact_access_log
+from tracecat.middleware import EdgeMiddleware
+from tracecat.web.pages import Pages, static_files
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         redact_access_log()
         app.state.db = Database.from_settings(settings)
         app.state.cache = ReadCache(settings.tracecat_cache_seconds)
+        app.state.pages = pages
         provider = MicrosoftOAuthProvider(settings)
         # Stateless apart from its shared parts (pool, MSAL app, locks, cache): one per app.
         app.state.integrations = IntegrationService(
@@ -58,14 +60,15 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.db.dispose()
 
     app = FastAPI(title="tracecat-integrations", lifespan=lifespan)
+    app.add_middleware(EdgeMiddleware)
     app.include_router(integrations_router)
+    app.mount("/static", static_files(), name="static")
     _add_error_handlers(app)
+    pages = Pages()
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
-
-    index_page = resources.files("tracecat.web").joinpath("index.html").read_text()
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -73,13 +76,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(index_page)
+        return pages.index()
 
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error is `{"detail": ...}` with its status; nothing else reaches the client."""
+    """Every error is `{"detail": ...}` with its status; nothing else reaches the client
+    (anything unhandled is answered by `EdgeMiddleware`)."""
 
     @app.exception_handler(TracecatError)
     async def tracecat_error(_: Request, exc: TracecatError) -> JSONResponse:
@@ -111,8 +115,3 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def decryption_error(_: Request, exc: DecryptionError) -> JSONResponse:
         logger.error("%s", exc)
         return JSONResponse({"detail": "stored secrets cannot be decrypted: see server log"}, 503)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("Unhandled %s", type(exc).__name__, exc_info=(type(exc), exc, None))
-        return JSONResponse({"detail": "internal error: see the server log"}, 500)

@@ -115,7 +115,9 @@ def serve(
         f"Open {where}/ and paste an API key from `tracecat-integrations users create EMAIL`."
     )
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+        # The app writes its own access log (tracecat.middleware), the same with or without
+        # the in-process emulator, whose uvicorn would silence the shared `uvicorn.access`.
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     finally:
         if server:
             server.stop()

@@ -10,6 +10,7 @@ from fastapi.security import HTTPBearer
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.auth.service import Principal, authenticate
 from tracecat.exceptions import AuthenticationError
+from tracecat.web.pages import Pages
 
 
 class ApiKeyBearer(HTTPBearer):
@@ -39,3 +40,10 @@ async def get_integration_service(request: Request) -> IntegrationService:
 
 
 IntegrationServiceDep = Annotated[IntegrationService, Depends(get_integration_service)]
+
+
+async def get_pages(request: Request) -> Pages:
+    return request.app.state.pages
+
+
+PagesDep = Annotated[Pages, Depends(get_pages)]

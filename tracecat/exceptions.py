@@ -1,7 +1,9 @@
 """Errors that reach users, each carrying its HTTP status and a message that says what to do.
 
 TracecatError
-├── BadRequestError               400  bad input, forged/expired/replayed OAuth state
+├── BadRequestError               400  bad input
+│   └── SignInError               400  a sign-in callback that cannot complete (forged,
+│                                      expired, replayed or cross-browser state, declined)
 ├── AuthenticationError           401  missing or unknown API key
 ├── ReauthorizationRequiredError  401  Microsoft refused the grant: reconnect
 ├── ForbiddenError                403  e.g. a scope the user never granted
@@ -21,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 CONNECT_HINT = "connect again at GET /auth/integrations/microsoft/connect"
+START_AGAIN = "Go back to the connect page and press Connect to start again."
 
 
 class TracecatError(Exception):
@@ -34,6 +37,16 @@ class TracecatError(Exception):
 
 class BadRequestError(TracecatError):
     status_code = 400
+
+
+class SignInError(BadRequestError):
+    """A sign-in callback that cannot complete. The callback is a page in a person's browser,
+    so besides the API's `detail` it says what happened and what to do in plain words."""
+
+    def __init__(self, detail: str, *, what: str, advice: str = START_AGAIN) -> None:
+        super().__init__(detail)
+        self.what = what
+        self.advice = advice
 
 
 class AuthenticationError(TracecatError):

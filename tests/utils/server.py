@@ -25,7 +25,12 @@ class LiveServer:
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,  # the app logs its own access lines
+            lifespan="on",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -47,6 +52,9 @@ class LiveServer:
         self._server.should_exit = True
         self._thread.join(timeout=10)
 
+
+# The emulator's control API takes only JSON (no cross-site form posts), bodyless POSTs included.
+CONTROL_HEADERS = {"Content-Type": "application/json"}
 
 CLI = str(Path(sys.executable).parent / "tracecat-integrations")
 # Settings the test machine may have: a served process gets only what a test gives it.

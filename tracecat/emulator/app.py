@@ -91,7 +91,12 @@ def create_emulator_app(state: EmulatorState) -> FastAPI:
             # Graph's own correlation headers; the identity platform names its own differently.
             response.headers["request-id"] = request_id
             response.headers["client-request-id"] = client_request_id
-            state.record_graph_request(_route_label(request), response.status_code)
+            state.record_graph_request(
+                _route_label(request),
+                response.status_code,
+                request.method,
+                request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0],
+            )
         elif kind is not None:
             response.headers["x-ms-request-id"] = request_id
             response.headers["client-request-id"] = client_request_id

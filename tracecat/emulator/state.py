@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -40,6 +40,7 @@ from tracecat.emulator.throttle import RateLimiter
 FaultKind = Literal["token", "graph", "identity"]
 # Bumped whenever the snapshot's layout changes; an older file is then ignored.
 SNAPSHOT_FORMAT = 1
+GRAPH_LOG_SIZE = 1000
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -261,6 +262,9 @@ class EmulatorState:
             self._token_requests_by_user: Counter[tuple[str, str, str]] = Counter()
             self._refresh_token_uses = 0
             self._graph_requests: Counter[tuple[str, str]] = Counter()
+            # The last Graph requests exactly as they arrived, so tests can see every path a
+            # client made (dot segments and encodings included), not just the matched route.
+            self._graph_log: deque[dict[str, Any]] = deque(maxlen=GRAPH_LOG_SIZE)
             self._throttled = 0
 
     def _changed(self) -> None:
@@ -585,9 +589,10 @@ class EmulatorState:
             if email:
                 self._token_requests_by_user[(email, grant_type, outcome)] += 1
 
-    def record_graph_request(self, route: str, status: int) -> None:
+    def record_graph_request(self, route: str, status: int, method: str, raw_path: str) -> None:
         with self._lock:
             self._graph_requests[(route, str(status))] += 1
+            self._graph_log.append({"method": method, "path": raw_path, "status": status})
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -605,6 +610,7 @@ class EmulatorState:
                 "token_requests_by_user": {k: dict(v) for k, v in by_user.items()},
                 "refresh_token_uses": self._refresh_token_uses,
                 "graph_requests": dict(graph),
+                "graph_request_log": list(self._graph_log),
                 "throttled": self._throttled,
                 "messages_stored": len(self._all_messages),
             }

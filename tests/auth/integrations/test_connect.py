@@ -208,7 +208,9 @@ def test_the_page_is_served(api: Api) -> None:
     page = httpx.get(f"{api.url}/")
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
-    assert "/auth/integrations/microsoft/connect" in page.text
+    script = httpx.get(f"{api.url}/static/index.js")  # the page's own script, not inline
+    assert '<script src="/static/index.js">' in page.text and script.status_code == 200
+    assert "/auth/integrations/microsoft/connect" in script.text
 
 
 def _status(api: Api, browser: httpx.Client, user) -> dict:  # noqa: ANN001

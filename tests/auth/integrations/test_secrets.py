@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 
 from tests.conftest import Api
@@ -81,7 +80,7 @@ def test_no_secret_in_logs(api: Api, caplog: pytest.LogCaptureFixture) -> None:
         browser.get("/auth/integrations/microsoft/status", headers=user.headers)
         browser.get(callback_url)  # a replay, to log a refusal too
         # Graph rejects the token, so it is refreshed and the call retried: all of it logged.
-        httpx.post(f"{api.emulator.http_url}/_emulator/users/alice@contoso.example/expire-tokens")
+        api.control("POST", "/users/alice@contoso.example/expire-tokens")
         assert (
             browser.get("/auth/integrations/microsoft/teams", headers=user.headers).status_code
             == 200

@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from tests.utils.server import LiveServer
+from tests.utils.server import CONTROL_HEADERS, LiveServer
 from tracecat.auth.integrations.microsoft import MicrosoftTeamsClient
 from tracecat.auth.integrations.pacing import InProcessPacer, RedisPacer
 from tracecat.auth.integrations.schemas import ChatMessage, Mention
@@ -600,7 +600,9 @@ def sign_in(emulator: EmulatorServer, email: str) -> str:
 
 @pytest.fixture
 def emulated(emulator: EmulatorServer) -> Iterator[EmulatedTeams]:
-    with httpx.Client(base_url=f"{emulator.http_url}/_emulator", timeout=10) as control:
+    with httpx.Client(
+        base_url=f"{emulator.http_url}/_emulator", headers=CONTROL_HEADERS, timeout=10
+    ) as control:
         control.post("/reset").raise_for_status()
         settings = Settings(
             microsoft_graph_url=emulator.graph_url, microsoft_ca_bundle=emulator.ca_bundle

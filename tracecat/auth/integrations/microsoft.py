@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
-from urllib.parse import quote, urlparse, urlsplit
+from urllib.parse import urlparse, urlsplit
 
 import httpx
 import msal
@@ -43,8 +43,10 @@ from tracecat.exceptions import (
     GraphError,
     ProviderUnavailableError,
     ReauthorizationRequiredError,
+    SignInError,
     UpstreamError,
 )
+from tracecat.graph.ids import segment
 from tracecat.metrics import GRAPH_REQUESTS, GRAPH_RETRIES, THROTTLE_WAIT_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -176,13 +178,15 @@ class MicrosoftOAuthProvider:
         # MSAL: ValueError for a state mismatch or a malformed answer, RuntimeError
         # (IdTokenError) for an ID token whose nonce is not this flow's.
         except (ValueError, RuntimeError):
-            raise BadRequestError(
-                "the sign-in response does not match this flow: start again"
+            raise SignInError(
+                "the sign-in response does not match this flow: start again",
+                what="Microsoft's answer does not belong to this sign-in.",
             ) from None
         if "error" in result:
             logger.info("Authorization code redemption refused: %s", result.get("error"))
-            raise BadRequestError(
-                f"Microsoft refused the sign-in ({_error_text(result)}): start again"
+            raise SignInError(
+                f"Microsoft refused the sign-in ({_error_text(result)}): start again",
+                what=f"Microsoft refused to complete the sign-in: {_error_text(result)}",
             )
         return TokenResult.from_msal(result, self.requested_scopes)
 
@@ -267,8 +271,8 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, "loopback" if host in ("localhost", "127.0.0.1", "::1") else host, port
 
 
-def _quote(segment: str) -> str:
-    return quote(segment, safe="")
+def _channel_path(team_id: str, channel_id: str) -> str:
+    return f"/teams/{segment(team_id, 'team_id')}/channels/{segment(channel_id, 'channel_id')}"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -503,7 +507,7 @@ class MicrosoftTeamsClient:
         return [_parse(Team, item) for item in await self._get_all("/me/joinedTeams")]
 
     async def list_channels(self, team_id: str) -> list[Channel]:
-        items = await self._get_all(f"/teams/{_quote(team_id)}/channels")
+        items = await self._get_all(f"/teams/{segment(team_id, 'team_id')}/channels")
         return [_parse(Channel, item) for item in items]
 
     async def list_channel_messages(
@@ -512,7 +516,7 @@ class MicrosoftTeamsClient:
         if top is not None and top < 1:
             raise BadRequestError("top must be at least 1")
         params = {"$top": str(min(top, MAX_MESSAGES_PAGE))} if top else None
-        path = f"/teams/{_quote(team_id)}/channels/{_quote(channel_id)}/messages"
+        path = f"{_channel_path(team_id, channel_id)}/messages"
         items = await self._get_all(path, params=params, limit=top)
         return [_parse(ChatMessage, item) for item in items]
 
@@ -520,7 +524,7 @@ class MicrosoftTeamsClient:
         self, team_id: str, channel_id: str, content: str, **options: Unpack[MessageOptions]
     ) -> ChatMessage:
         """Post to a channel; `options` as in `build_message`."""
-        path = f"/teams/{_quote(team_id)}/channels/{_quote(channel_id)}/messages"
+        path = f"{_channel_path(team_id, channel_id)}/messages"
         body = build_message(content, **options)
         return _parse(ChatMessage, await self._send(team_id, channel_id, path, body))
 
@@ -534,8 +538,8 @@ class MicrosoftTeamsClient:
     ) -> ChatMessage:
         """Reply in a message's thread; `options` as in `build_message`."""
         path = (
-            f"/teams/{_quote(team_id)}/channels/{_quote(channel_id)}"
-            f"/messages/{_quote(message_id)}/replies"
+            f"{_channel_path(team_id, channel_id)}"
+            f"/messages/{segment(message_id, 'message_id')}/replies"
         )
         body = build_message(content, **options)
         return _parse(ChatMessage, await self._send(team_id, channel_id, path, body))

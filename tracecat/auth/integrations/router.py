@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import html
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from tracecat.auth.integrations.models import (
@@ -17,7 +16,10 @@ from tracecat.auth.integrations.models import (
 )
 from tracecat.auth.integrations.schemas import Channel, ChatMessage, Team
 from tracecat.auth.integrations.service import new_browser_id
-from tracecat.deps import CurrentUser, IntegrationServiceDep
+from tracecat.deps import CurrentUser, IntegrationServiceDep, PagesDep
+from tracecat.exceptions import TracecatError
+from tracecat.graph.ids import require_segment
+from tracecat.web.pages import wants_html
 
 router = APIRouter(prefix="/auth/integrations", tags=["integrations"])
 
@@ -45,17 +47,21 @@ async def connect(
 
 
 @router.get("/microsoft/callback", response_class=HTMLResponse)
-async def callback(request: Request, service: IntegrationServiceDep) -> HTMLResponse:
-    integration = await service.complete_connect(
-        dict(request.query_params), request.cookies.get(BROWSER_COOKIE)
-    )
-    name = integration.provider_metadata.get("account", {}).get("username") or "your account"
-    return HTMLResponse(
-        "<!doctype html><meta charset=utf-8><title>Connected</title>"
-        "<body style='font-family:system-ui;margin:3rem'>"
-        f"<h1>Microsoft Teams connected</h1><p>Signed in as <b>{html.escape(name)}</b>.</p>"
-        "<p><a href='/'>Back to tracecat-integrations</a>. You can close this window.</p>"
-    )
+async def callback(
+    request: Request, service: IntegrationServiceDep, pages: PagesDep
+) -> HTMLResponse:
+    """Microsoft's redirect of the person's browser: a page for them either way; API clients
+    (no `text/html` in Accept) get the JSON error instead of the failure page."""
+    try:
+        integration = await service.complete_connect(
+            dict(request.query_params), request.cookies.get(BROWSER_COOKIE)
+        )
+    except TracecatError as error:
+        if not wants_html(request):
+            raise
+        return pages.connect_failed(error)
+    account = integration.provider_metadata.get("account", {}).get("username")
+    return pages.connected(account or "your account")
 
 
 @router.delete("/microsoft/disconnect", status_code=status.HTTP_204_NO_CONTENT)
@@ -79,6 +85,24 @@ async def list_integrations(
 
 
 # --- Teams ----------------------------------------------------------------------------------
+# Ids are checked at the edge, before any token or Graph work: each is one path segment.
+
+
+async def _team_id(team_id: str) -> str:
+    return require_segment(team_id, "team_id")
+
+
+async def _channel_id(channel_id: str) -> str:
+    return require_segment(channel_id, "channel_id")
+
+
+async def _message_id(message_id: str) -> str:
+    return require_segment(message_id, "message_id")
+
+
+TeamId = Annotated[str, Depends(_team_id)]
+ChannelId = Annotated[str, Depends(_channel_id)]
+MessageId = Annotated[str, Depends(_message_id)]
 
 
 @router.get("/microsoft/teams", response_model=list[Team])
@@ -88,7 +112,7 @@ async def list_teams(user: CurrentUser, service: IntegrationServiceDep) -> list[
 
 @router.get("/microsoft/teams/{team_id}/channels", response_model=list[Channel])
 async def list_channels(
-    team_id: str, user: CurrentUser, service: IntegrationServiceDep
+    team_id: TeamId, user: CurrentUser, service: IntegrationServiceDep
 ) -> list[Channel]:
     return await service.call_graph(user.id, lambda teams: teams.list_channels(team_id))
 
@@ -99,8 +123,8 @@ async def list_channels(
     status_code=status.HTTP_201_CREATED,
 )
 async def send_message(
-    team_id: str,
-    channel_id: str,
+    team_id: TeamId,
+    channel_id: ChannelId,
     message: SendMessageRequest,
     user: CurrentUser,
     service: IntegrationServiceDep,
@@ -115,8 +139,8 @@ async def send_message(
     "/microsoft/teams/{team_id}/channels/{channel_id}/messages", response_model=list[ChatMessage]
 )
 async def list_messages(
-    team_id: str,
-    channel_id: str,
+    team_id: TeamId,
+    channel_id: ChannelId,
     user: CurrentUser,
     service: IntegrationServiceDep,
     top: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -133,9 +157,9 @@ async def list_messages(
     status_code=status.HTTP_201_CREATED,
 )
 async def reply_to_message(
-    team_id: str,
-    channel_id: str,
-    message_id: str,
+    team_id: TeamId,
+    channel_id: ChannelId,
+    message_id: MessageId,
     message: SendMessageRequest,
     user: CurrentUser,
     service: IntegrationServiceDep,

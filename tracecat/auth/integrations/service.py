@@ -50,19 +50,32 @@ from tracecat.crypto import hash_secret
 from tracecat.db import Database
 from tracecat.exceptions import (
     CONNECT_HINT,
-    BadRequestError,
     DeliveryUnknownError,
     ForbiddenError,
     GraphError,
     NotConnectedError,
     ProviderUnavailableError,
     ReauthorizationRequiredError,
+    SignInError,
     TracecatError,
     UpstreamError,
 )
 from tracecat.metrics import REFRESH_SECONDS, REFRESHES
 
 logger = logging.getLogger(__name__)
+
+
+def _refusal_in_words(error: str, reason: str) -> str:
+    """Microsoft's OAuth error, as a person would say it."""
+    if error == "access_denied":
+        return (
+            "The sign-in was cancelled, or the permissions this app asks for were declined, "
+            f"so nothing was connected (Microsoft said: {reason})."
+        )
+    if error in ("consent_required", "interaction_required"):
+        return f"Microsoft needs more consent before it lets this app in ({reason})."
+    return f"Microsoft did not grant access: {reason}"
+
 
 T = TypeVar("T")
 
@@ -201,14 +214,23 @@ class IntegrationService:
         """Finish a flow from Microsoft's redirect: only in the browser that started it, once."""
         state = params.get("state")
         if not state:
-            raise BadRequestError("the callback has no state: start again from the connect page")
+            raise SignInError(
+                "the callback has no state: start again from the connect page",
+                what="This address is not a complete answer from Microsoft's sign-in.",
+            )
         pending = await self._consume_state(state, browser_id)
         if "error" in params:
             description = (params.get("error_description") or "").splitlines()
             reason = description[0] if description else params["error"]
-            raise BadRequestError(f"Microsoft did not grant access ({params['error']}: {reason})")
+            raise SignInError(
+                f"Microsoft did not grant access ({params['error']}: {reason})",
+                what=_refusal_in_words(params["error"], reason),
+            )
         if not params.get("code"):
-            raise BadRequestError("the callback has neither a code nor an error")
+            raise SignInError(
+                "the callback has neither a code nor an error",
+                what="Microsoft's answer carried neither an authorization nor an error.",
+            )
         flow: dict[str, Any] = json.loads(pending.flow)
         tokens = await to_thread.run_sync(self.provider.complete, flow, params)
         async with self.database.session() as session:
@@ -240,13 +262,23 @@ class IntegrationService:
             await session.commit()
             if pending is None:
                 if await session.get(OAuthState, state_hash) is not None:
-                    raise BadRequestError(
+                    raise SignInError(
                         "this sign-in was started in another browser: finish it where it "
-                        "started, or see the README on finishing a flow started with curl"
+                        "started, or see the README on finishing a flow started with curl",
+                        what="This sign-in was started in another browser (or by a script).",
+                        advice="Finish it in the browser where you pressed Connect. If a "
+                        "script or curl started it, copy this page's address from the address "
+                        "bar and hand it to that script, as the README explains.",
                     )
-                raise BadRequestError("unknown or already used sign-in state: start again")
+                raise SignInError(
+                    "unknown or already used sign-in state: start again",
+                    what="This sign-in link was already used, or was never issued here.",
+                )
         if pending.is_expired:
-            raise BadRequestError("this sign-in expired (10 minutes): start again")
+            raise SignInError(
+                "this sign-in expired (10 minutes): start again",
+                what="This sign-in took longer than 10 minutes and has expired.",
+            )
         return pending
 
     async def disconnect(self, user_id: uuid.UUID) -> None:

@@ -1,0 +1,1 @@
+"""Microsoft Graph, for any product area."""
