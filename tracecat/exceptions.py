@@ -12,6 +12,7 @@ TracecatError
 ├── ConflictError                 409
 ├── UpstreamError                 502  Microsoft answered something we cannot use
 ├── ProviderUnavailableError      503  Microsoft is unreachable or failing for now (Retry-After)
+│   └── TransientProviderError    503  Microsoft's login failed for now; the grant is intact
 └── GraphError                    Graph's own status, code, message and request id
     └── DeliveryUnknownError      504  a send timed out: it may or may not have been posted
 
@@ -89,6 +90,10 @@ class ProviderUnavailableError(TracecatError):
     def __init__(self, detail: str, retry_after: int = 5) -> None:
         super().__init__(detail)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class TransientProviderError(ProviderUnavailableError):
+    """Microsoft's login could not answer now (5xx, timeout, 429); the grant is intact."""
 
 
 class GraphError(TracecatError):

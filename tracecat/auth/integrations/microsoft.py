@@ -41,9 +41,9 @@ from tracecat.exceptions import (
     BadRequestError,
     DeliveryUnknownError,
     GraphError,
-    ProviderUnavailableError,
     ReauthorizationRequiredError,
     SignInError,
+    TransientProviderError,
     UpstreamError,
 )
 from tracecat.graph.ids import segment
@@ -67,10 +67,6 @@ CONFIGURATION_ERRORS = {
     "invalid_scope",
     "unsupported_grant_type",
 }
-
-
-class TransientProviderError(ProviderUnavailableError):
-    """Microsoft's login could not answer now (5xx, timeout, 429); the grant is intact."""
 
 
 class _NoTokenCache(msal.TokenCache):

@@ -33,7 +33,6 @@ from tracecat.auth.integrations.microsoft import (
     MicrosoftOAuthProvider,
     MicrosoftTeamsClient,
     TokenResult,
-    TransientProviderError,
 )
 from tracecat.auth.integrations.models import (
     MICROSOFT_TEAMS,
@@ -58,6 +57,7 @@ from tracecat.exceptions import (
     ReauthorizationRequiredError,
     SignInError,
     TracecatError,
+    TransientProviderError,
     UpstreamError,
 )
 from tracecat.metrics import REFRESH_SECONDS, REFRESHES
