@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,12 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.router import router as integrations_router
-from tracecat.auth.integrations.service import IntegrationService, RefreshLocks, run_sweeper
+from tracecat.auth.integrations.service import IntegrationService
 from tracecat.cache import ReadCache
 from tracecat.config import Settings
 from tracecat.crypto import DecryptionError, Keyring, set_keyring
 from tracecat.db import Database
 from tracecat.exceptions import TracecatError
+from tracecat.jobs import Job, JobRunner
 from tracecat.logs import redact_access_log
 from tracecat.middleware import EdgeMiddleware
 from tracecat.web.pages import Pages, static_files
@@ -44,18 +43,22 @@ def create_app(settings: Settings) -> FastAPI:
         provider = MicrosoftOAuthProvider(settings)
         # Stateless apart from its shared parts (pool, MSAL app, locks, cache): one per app.
         app.state.integrations = IntegrationService(
-            app.state.db, settings, provider, RefreshLocks(), app.state.cache
+            app.state.db, settings, provider, app.state.cache
         )
-        sweeper = None
+        jobs = JobRunner()
         if settings.tracecat_refresh_interval_seconds > 0:
-            sweeper = asyncio.create_task(run_sweeper(app.state.integrations))
+            jobs.add(
+                Job(
+                    "token-sweep",
+                    settings.tracecat_refresh_interval_seconds,
+                    app.state.integrations.refresh_due,
+                )
+            )
+        jobs.start()
         try:
             yield
         finally:
-            if sweeper:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+            await jobs.stop()
             provider.close()
             await app.state.db.dispose()
 

@@ -1,0 +1,95 @@
+"""Background work: named periodic jobs that the app's lifespan starts and stops.
+
+Today the token sweep; next subscription renewal, catch-up and webhook deliveries. One place
+for intervals, jitter, error logging and metrics: a job that fails is logged and retried at
+its next tick, never ended, so a database blip does not silently stop the sweep.
+
+Usage::
+
+    jobs = JobRunner()
+    jobs.add(Job("token-sweep", 60, service.refresh_due))
+    jobs.start()          # inside a running event loop
+    ...
+    await jobs.stop()     # cancels and awaits every job
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+logger = logging.getLogger(__name__)
+
+JOB_RUNS = Counter(
+    "tracecat_job_runs", "Background job runs by job and outcome (ok, failed).", ["job", "outcome"]
+)
+JOB_SECONDS = Histogram("tracecat_job_seconds", "Duration of background job runs.", ["job"])
+
+
+@dataclass(frozen=True)
+class Job:
+    """`run` every `interval` seconds, each pause stretched by up to `jitter` of itself so
+    several instances started together drift apart instead of sweeping in lockstep."""
+
+    name: str
+    interval: float
+    run: Callable[[], Awaitable[Any]]
+    jitter: float = 0.1
+
+
+@dataclass
+class JobRunner:
+    # Injected in tests: a fake sleep advances time without waiting.
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    random: Callable[[], float] = random.random
+    _jobs: list[Job] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def add(self, job: Job) -> None:
+        if job.interval <= 0:
+            raise ValueError(f"job {job.name}: the interval must be positive")
+        self._jobs.append(job)
+
+    @property
+    def names(self) -> list[str]:
+        return [job.name for job in self._jobs]
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(job), name=f"job:{job.name}") for job in self._jobs
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def run_once(self, job: Job) -> bool:
+        """One run, timed and counted; False when it failed (logged, not raised)."""
+        started = time.perf_counter()
+        try:
+            await job.run()
+        except Exception:
+            JOB_RUNS.labels(job=job.name, outcome="failed").inc()
+            logger.exception("Background job %s failed; next try in %s s", job.name, job.interval)
+            return False
+        finally:
+            JOB_SECONDS.labels(job=job.name).observe(time.perf_counter() - started)
+        JOB_RUNS.labels(job=job.name, outcome="ok").inc()
+        return True
+
+    async def _loop(self, job: Job) -> None:
+        while True:
+            await self.run_once(job)
+            await self.sleep(job.interval * (1 + job.jitter * self.random()))
