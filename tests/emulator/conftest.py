@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import msal
 import pytest
-from emulator_support import ALICE, msal_sign_in
+from emulator_support import ALICE, CONTROL_HEADERS, msal_sign_in
 
 from tracecat.emulator.server import EmulatorServer
 
@@ -35,7 +35,8 @@ def tls(emulator: EmulatorServer) -> ssl.SSLContext:
 def http(emulator: EmulatorServer, tls: ssl.SSLContext) -> Iterator[httpx.Client]:
     """A client trusting only the emulator's CA; the state is reset before each test."""
     with httpx.Client(verify=tls, timeout=10) as client:
-        client.post(f"{emulator.authority_host}/_emulator/reset").raise_for_status()
+        reset = client.post(f"{emulator.authority_host}/_emulator/reset", headers=CONTROL_HEADERS)
+        reset.raise_for_status()
         yield client
 
 
@@ -44,7 +45,9 @@ def control(emulator: EmulatorServer, http: httpx.Client) -> Callable[..., httpx
     """Call the control API: control("PATCH", "/config", json={...})."""
 
     def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = http.request(method, f"{emulator.authority_host}/_emulator{path}", **kwargs)
+        headers = {**CONTROL_HEADERS, **kwargs.pop("headers", {})}
+        url = f"{emulator.authority_host}/_emulator{path}"
+        response = http.request(method, url, headers=headers, **kwargs)
         assert response.status_code < 400, response.text
         return response
 

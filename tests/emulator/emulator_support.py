@@ -16,6 +16,8 @@ GRAPH = GRAPH_RESOURCE
 ALL_SCOPES = [f"{GRAPH}/{scope}" for scope in DEMO_APP_SCOPES]
 ALICE, BOB = DEMO_USERS[0], DEMO_USERS[1]
 REDIRECT_URI = "http://localhost:8400/auth/callback"
+# The control API refuses state changes without it, even bodiless ones (cross-site guard).
+CONTROL_HEADERS = {"Content-Type": "application/json"}
 SECOPS = team_id_for("Security Operations")
 GENERAL = channel_id_for(SECOPS, "General")
 

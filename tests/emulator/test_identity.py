@@ -109,44 +109,6 @@ def test_auth_code_flow_issues_documented_token_response(
     assert access["exp"] - access["iat"] == 3599
 
 
-def test_sign_in_page_lets_a_person_pick_a_user(
-    emulator: EmulatorServer, msal_app: msal.ConfidentialClientApplication, browse: httpx.Client
-) -> None:
-    flow = msal_app.initiate_auth_code_flow(ALL_SCOPES, redirect_uri=REDIRECT_URI)
-    page = browse.get(flow["auth_uri"])
-    assert page.status_code == 200
-    assert ALICE in page.text and BOB in page.text and "Cancel" in page.text
-    form = dict(query_of(flow["auth_uri"]), user=BOB, emulator_action="signin")
-    posted = browse.post(f"{emulator.http_url}/common/oauth2/v2.0/authorize", data=form)
-    assert posted.status_code == 302
-    result = msal_app.acquire_token_by_auth_code_flow(flow, query_of(posted.headers["location"]))
-    assert result["id_token_claims"]["preferred_username"] == BOB
-
-    typed = browse.post(
-        f"{emulator.http_url}/common/oauth2/v2.0/authorize",
-        data=dict(query_of(flow["auth_uri"]), email="not-an-email", emulator_action="signin"),
-    )
-    assert typed.status_code == 400 and "valid email" in typed.text
-
-
-def test_declining_consent_redirects_with_access_denied(
-    emulator: EmulatorServer, msal_app: msal.ConfidentialClientApplication, browse: httpx.Client
-) -> None:
-    flow = msal_app.initiate_auth_code_flow(ALL_SCOPES, redirect_uri=REDIRECT_URI)
-    form = dict(query_of(flow["auth_uri"]), emulator_action="cancel")
-    declined = browse.post(f"{emulator.http_url}/common/oauth2/v2.0/authorize", data=form)
-    assert declined.status_code == 302
-    params = query_of(declined.headers["location"])
-    assert params == {
-        "error": "access_denied",
-        "error_subcode": "cancel",
-        "error_description": "AADSTS65004: User declined to consent to access the app.",
-        "state": flow["state"],
-    }
-    result = msal_app.acquire_token_by_auth_code_flow(flow, params)
-    assert result["error"] == "access_denied"
-
-
 @pytest.mark.parametrize(
     ("client_id", "redirect_uri", "code"),
     [

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msal
 import pytest
-from emulator_support import ALICE, BOB, messages_path, msal_sign_in, refresh
+from emulator_support import ALICE, BOB, CONTROL_HEADERS, messages_path, msal_sign_in, refresh
 
 from tracecat.emulator.persistence import FLUSH_INTERVAL_SECONDS
 from tracecat.emulator.server import EmulatorServer
@@ -31,7 +31,8 @@ class Session:
 
     def control(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = f"{self.server.authority_host}/_emulator{path}"
-        response = self.http.request(method, url, **kwargs)
+        headers = {**CONTROL_HEADERS, **kwargs.pop("headers", {})}
+        response = self.http.request(method, url, headers=headers, **kwargs)
         assert response.status_code < 400, response.text
         return response
 

@@ -18,6 +18,17 @@ It is not a Microsoft API, so its errors are a plain {"error": "..."} body.
     GET    /_emulator/messages                 every stored message, replies included
     POST   /_emulator/apps                     {"client_id"?, "client_secret"?, "display_name"?,
                                                 "redirect_uris": [...], "scopes"?}
+
+Both listeners serve it, and a browser visiting any web page can reach the loopback one, so
+every request that changes state (any method but GET, HEAD and OPTIONS) must:
+
+  * carry `Content-Type: application/json`, even with no body (`POST /_emulator/reset`),
+    else 415. A cross-site page can only send form or text/plain bodies without a CORS
+    preflight, and the emulator answers no preflight;
+  * carry no `Origin` header, or the origin of one of the emulator's own listeners
+    (scheme://host:port as published, e.g. http://127.0.0.1:8401), else 403.
+
+curl, httpx and other non-browser clients send no Origin, so they only need the header.
 """
 
 from __future__ import annotations
@@ -26,21 +37,56 @@ import secrets
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from tracecat.emulator.constants import DEMO_APP_SCOPES, DEMO_CLIENT_ID
 from tracecat.emulator.http_utils import emulator_state, graph_base, http_base, https_base
 from tracecat.emulator.state import AppRegistration, FaultRule
 
-router = APIRouter(prefix="/_emulator")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ControlError(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL; None for anything else, such as "null"."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+
+
+async def refuse_cross_site(request: Request) -> None:
+    """Guard for state-changing requests; see the module docstring."""
+    if request.method in SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    # Only the published listener URLs count, never the Host header: under DNS rebinding a
+    # foreign page's Origin and Host name the same attacker host.
+    own = {_origin(https_base(request)), _origin(http_base(request))} - {None}
+    if origin is not None and _origin(origin) not in own:
+        raise ControlError(f"cross-origin requests are refused (Origin: {origin[:200]})", 403)
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ControlError(
+            "the control API only accepts Content-Type: application/json, even with no body",
+            415,
+        )
+
+
+router = APIRouter(prefix="/_emulator", dependencies=[Depends(refuse_cross_site)])
 
 
 def control_error_response(exc: ControlError) -> JSONResponse:

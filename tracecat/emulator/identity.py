@@ -267,7 +267,9 @@ async def _authorize(request: Request, tenant: str, params: dict[str, str]) -> R
     action = own.get("emulator_action")
     if action == "cancel":
         return _redirect_error(auth, errors.aad_user_declined())
-    if action == "signin":
+    # A demo account button submits only user=<email> (a button sends its own name and value
+    # and no other button's), so that alone is a complete sign-in.
+    if action == "signin" or (action is None and "user" in own):
         email = (own.get("user") or own.get("email") or "").strip()
         if not EMAIL.match(email):
             return _signin(request, auth, email, "Enter a valid email address.")
