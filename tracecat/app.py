@@ -14,17 +14,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.router import router as integrations_router
-from tracecat.auth.integrations.service import IntegrationService
-from tracecat.cache import ReadCache
 from tracecat.config import Settings
-from tracecat.crypto import DecryptionError, Keyring, set_keyring
-from tracecat.db import Database
+from tracecat.crypto import DecryptionError
 from tracecat.exceptions import TracecatError
-from tracecat.jobs import Job, JobRunner
 from tracecat.logs import redact_access_log
 from tracecat.middleware import EdgeMiddleware
+from tracecat.resources import AppResources
 from tracecat.web.pages import Pages, static_files
 
 logger = logging.getLogger(__name__)
@@ -35,39 +31,23 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        set_keyring(Keyring.from_settings(settings))
         redact_access_log()
-        app.state.db = Database.from_settings(settings)
-        app.state.cache = ReadCache(settings.tracecat_cache_seconds)
-        app.state.pages = pages
-        provider = MicrosoftOAuthProvider(settings)
-        # Stateless apart from its shared parts (pool, MSAL app, locks, cache): one per app.
-        app.state.integrations = IntegrationService(
-            app.state.db, settings, provider, app.state.cache
-        )
-        jobs = JobRunner()
-        if settings.tracecat_refresh_interval_seconds > 0:
-            jobs.add(
-                Job(
-                    "token-sweep",
-                    settings.tracecat_refresh_interval_seconds,
-                    app.state.integrations.refresh_due,
-                )
-            )
-        jobs.start()
+        resources = AppResources(settings)
+        app.state.resources = resources
+        resources.start()
         try:
             yield
         finally:
-            await jobs.stop()
-            provider.close()
-            await app.state.db.dispose()
+            await resources.aclose()
 
     app = FastAPI(title="tracecat-integrations", lifespan=lifespan)
     app.add_middleware(EdgeMiddleware)
     app.include_router(integrations_router)
     app.mount("/static", static_files(), name="static")
     _add_error_handlers(app)
+    # Templates are read-only once loaded: the app holds them, not its lifespan.
     pages = Pages()
+    app.state.pages = pages
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

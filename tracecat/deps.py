@@ -21,8 +21,8 @@ class ApiKeyBearer(HTTPBearer):
         credentials = await super().__call__(request)
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise AuthenticationError("missing API key: send `Authorization: Bearer <api key>`")
-        state = request.app.state
-        return await authenticate(state.db, credentials.credentials, state.cache)
+        resources = request.app.state.resources
+        return await authenticate(resources.database, credentials.credentials, resources.cache)
 
 
 CurrentUser = Annotated[
@@ -36,7 +36,7 @@ CurrentUser = Annotated[
 
 
 async def get_integration_service(request: Request) -> IntegrationService:
-    return request.app.state.integrations
+    return request.app.state.resources.integrations
 
 
 IntegrationServiceDep = Annotated[IntegrationService, Depends(get_integration_service)]

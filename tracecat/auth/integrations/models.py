@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tracecat.auth.integrations.schemas import Mention
 from tracecat.auth.models import utcnow
 from tracecat.db import Base, EncryptedText, UTCDateTime
+from tracecat.graph.resources import Mention
 
 MICROSOFT_TEAMS = "microsoft-teams"
 OAUTH_STATE_LIFETIME = timedelta(minutes=10)

@@ -14,11 +14,11 @@ from tracecat.auth.integrations.models import (
     SendMessageRequest,
     StatusResponse,
 )
-from tracecat.auth.integrations.schemas import Channel, ChatMessage, Team
 from tracecat.auth.integrations.service import new_browser_id
 from tracecat.deps import CurrentUser, IntegrationServiceDep, PagesDep
 from tracecat.exceptions import TracecatError
 from tracecat.graph.ids import require_segment
+from tracecat.graph.resources import Channel, ChatMessage, Team
 from tracecat.web.pages import wants_html
 
 router = APIRouter(prefix="/auth/integrations", tags=["integrations"])
@@ -107,14 +107,18 @@ MessageId = Annotated[str, Depends(_message_id)]
 
 @router.get("/microsoft/teams", response_model=list[Team])
 async def list_teams(user: CurrentUser, service: IntegrationServiceDep) -> list[Team]:
-    return await service.call_graph(user.id, lambda teams: teams.get_user_teams())
+    return await service.call_graph(
+        user.id, service.teams_client, lambda teams: teams.get_user_teams()
+    )
 
 
 @router.get("/microsoft/teams/{team_id}/channels", response_model=list[Channel])
 async def list_channels(
     team_id: TeamId, user: CurrentUser, service: IntegrationServiceDep
 ) -> list[Channel]:
-    return await service.call_graph(user.id, lambda teams: teams.list_channels(team_id))
+    return await service.call_graph(
+        user.id, service.teams_client, lambda teams: teams.list_channels(team_id)
+    )
 
 
 @router.post(
@@ -131,6 +135,7 @@ async def send_message(
 ) -> ChatMessage:
     return await service.call_graph(
         user.id,
+        service.teams_client,
         lambda teams: teams.send_message(team_id, channel_id, **dict(message)),
     )
 
@@ -147,7 +152,9 @@ async def list_messages(
 ) -> list[ChatMessage]:
     await service.require_scope(user.id, "ChannelMessage.Read.All")
     return await service.call_graph(
-        user.id, lambda teams: teams.list_channel_messages(team_id, channel_id, top=top)
+        user.id,
+        service.teams_client,
+        lambda teams: teams.list_channel_messages(team_id, channel_id, top=top),
     )
 
 
@@ -166,5 +173,6 @@ async def reply_to_message(
 ) -> ChatMessage:
     return await service.call_graph(
         user.id,
+        service.teams_client,
         lambda teams: teams.reply_to_message(team_id, channel_id, message_id, **dict(message)),
     )

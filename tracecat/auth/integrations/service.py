@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from anyio import to_thread
 from sqlalchemy import bindparam, delete, select
 
-from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider, MicrosoftTeamsClient
+from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.models import (
     MICROSOFT_TEAMS,
     OAUTH_STATE_LIFETIME,
@@ -43,6 +43,9 @@ from tracecat.exceptions import (
     ReauthorizationRequiredError,
     SignInError,
 )
+from tracecat.graph.pacing import Pacer, pacer_from_settings
+from tracecat.graph.teams import MicrosoftTeamsClient
+from tracecat.graph.transport import GraphClient, GraphPool
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ def _refusal_in_words(error: str, reason: str) -> str:
 
 
 T = TypeVar("T")
+ClientT = TypeVar("ClientT", bound=GraphClient)
 
 
 # Built once: building a statement costs more than running it on the hot read paths.
@@ -83,11 +87,18 @@ class IntegrationService:
         settings: Settings,
         provider: MicrosoftOAuthProvider | None = None,
         cache: ReadCache = NO_CACHE,
+        *,
+        graph_pool: GraphPool | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
         self._provider = provider
         self.cache = cache
+        # Shared by every Graph client this service makes: keep-alive connections, and one
+        # send budget. Without them (scripts) each client opens its own.
+        self.graph_pool = graph_pool
+        self.pacer = pacer
         self.refresher = TokenRefresher(database, settings, lambda: self.provider, cache)
 
     @classmethod
@@ -107,9 +118,11 @@ class IntegrationService:
         settings = settings or get_settings()
         database = Database.from_settings(settings)
         provider = MicrosoftOAuthProvider(settings)
+        pacer = pacer_from_settings(settings)
         try:
-            yield cls(database, settings, provider)
+            yield cls(database, settings, provider, pacer=pacer)
         finally:
+            await pacer.aclose()
             provider.close()
             await database.dispose()
 
@@ -282,9 +295,13 @@ class IntegrationService:
     # --- acting in Teams --------------------------------------------------------------------
 
     async def call_graph(
-        self, user_id: uuid.UUID, operation: Callable[[MicrosoftTeamsClient], Awaitable[T]]
+        self,
+        user_id: uuid.UUID,
+        client: Callable[[str], ClientT],
+        operation: Callable[[ClientT], Awaitable[T]],
     ) -> T:
-        """Run a Graph operation with the user's token.
+        """Run `operation` on a Graph client that `client` builds from the user's token, e.g.
+        `call_graph(user_id, service.teams_client, lambda teams: teams.get_user_teams())`.
 
         Graph may reject a token we thought valid (revoked early, clock skew): then the token
         is refreshed once and the operation retried once. A 401 means Graph did not act, so
@@ -292,16 +309,21 @@ class IntegrationService:
         """
         token = await self.get_access_token(user_id)
         try:
-            return await operation(self.teams_client(token))
+            return await operation(client(token))
         except GraphError as exc:
             if exc.status_code != 401 or isinstance(exc, DeliveryUnknownError):
                 raise
             logger.info("Graph rejected the token of user %s: refreshing once", user_id)
         token = await self.get_access_token(user_id, force_refresh=True)
-        return await operation(self.teams_client(token))
+        return await operation(client(token))
 
     def teams_client(self, access_token: str) -> MicrosoftTeamsClient:
-        return MicrosoftTeamsClient(access_token, settings=self.settings)
+        return MicrosoftTeamsClient(
+            access_token,
+            settings=self.settings,
+            http_client=self.graph_pool.http if self.graph_pool else None,
+            pacer=self.pacer,
+        )
 
     # --- tokens ---------------------------------------------------------------------------
 

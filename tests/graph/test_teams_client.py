@@ -1,5 +1,8 @@
 """MicrosoftTeamsClient against real HTTP servers: a small Graph stand-in written from
-Microsoft's docs (paging, error bodies, throttling, faults), and the Microsoft emulator."""
+Microsoft's docs (paging, error bodies, throttling, faults), and the Microsoft emulator.
+
+The stand-in stays until the emulator can inject every fault used here (timeouts, dropped
+connections, non-JSON bodies)."""
 
 from __future__ import annotations
 
@@ -22,15 +25,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from tests.utils.server import CONTROL_HEADERS, LiveServer
 from tracecat.auth.integrations.microsoft import MicrosoftTeamsClient
-from tracecat.auth.integrations.pacing import InProcessPacer, RedisPacer
-from tracecat.auth.integrations.schemas import ChatMessage, Mention
 from tracecat.config import Settings
 from tracecat.emulator.constants import DEMO_APP_SCOPES, DEMO_USERS, GRAPH_RESOURCE
 from tracecat.emulator.demo_data import JOINED_TEAMS
 from tracecat.emulator.server import EmulatorServer
 from tracecat.exceptions import BadRequestError, DeliveryUnknownError, GraphError
+from tracecat.graph.pacing import InProcessPacer, RedisPacer
+from tracecat.graph.resources import ChatMessage, Mention
+from tracecat.graph.transport import GraphPool, RetryPolicy
 
 TOKEN = "stand-in-secret-token"
+# Retries without the production backoff, so failing attempts follow each other quickly.
+QUICK_RETRY = RetryPolicy(backoff_base=0.01)
 TEAM = "team#1?"  # unencoded, "#" and "?" would cut the path: ids must be percent-encoded
 CHANNEL = "19:abc@thread.tacv2"
 
@@ -217,17 +223,17 @@ def fast_pacer() -> InProcessPacer:
 
 @pytest.fixture
 def client(graph_url: str, graph: GraphStandIn) -> MicrosoftTeamsClient:
-    teams = MicrosoftTeamsClient(
-        TOKEN, graph_url=graph_url, pacer=fast_pacer(), settings=Settings()
+    return MicrosoftTeamsClient(
+        TOKEN, graph_url=graph_url, pacer=fast_pacer(), settings=Settings(), retry=QUICK_RETRY
     )
-    teams.backoff_base = 0.01
-    return teams
 
 
 # -- reads and paging ----------------------------------------------------------------------
 
 
-async def test_seed_example_lists_every_team_across_pages(graph_url: str, graph: GraphStandIn):
+async def test_seed_example_lists_every_team_across_pages(
+    graph_url: str, graph: GraphStandIn
+) -> None:
     teams = await MicrosoftTeamsClient(TOKEN, graph_url=graph_url).get_user_teams()
     assert [t.id for t in teams] == [f"team-{i}" for i in range(5)]
     assert graph.calls_to("GET", "/joinedTeams") == 3
@@ -235,53 +241,94 @@ async def test_seed_example_lists_every_team_across_pages(graph_url: str, graph:
     assert teams[0].model_dump()["tenantId"] == "t1"
 
 
-async def test_clients_share_one_keep_alive_pool(graph_url: str, graph: GraphStandIn):
-    first = MicrosoftTeamsClient(TOKEN, graph_url=graph_url)
-    second = MicrosoftTeamsClient(TOKEN, graph_url=graph_url)
-    assert first.http is second.http
-    for teams in (first, second, MicrosoftTeamsClient(TOKEN, graph_url=graph_url)):
-        await teams.get_me()
-    assert len(graph.client_ports) == 1  # one TCP connection served every client
+def open_connections(port: int) -> int:
+    """Client-side TCP connections to `port` still established, as the kernel sees them
+    (Linux), so that closing is checked without looking inside the client."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)  # the header
+            for row in rows:
+                fields = row.split()
+                remote_port, state = int(fields[2].rsplit(":", 1)[1], 16), fields[3]
+                count += remote_port == port and state == "01"  # 01: ESTABLISHED
+    return count
 
 
-async def test_context_manager_closes_only_its_own_pool(graph_url: str, graph: GraphStandIn):
-    async with MicrosoftTeamsClient(TOKEN, graph_url=graph_url) as pooled:
-        shared = pooled.http
-        await pooled.get_me()
-    assert not shared.is_closed
-    async with MicrosoftTeamsClient(TOKEN, graph_url=graph_url, pooled=False) as own:
-        dedicated = own.http
-        assert dedicated is not shared
-        assert (await own.get_me()).display_name == "Alice"
-    assert dedicated.is_closed and not shared.is_closed
+@pytest.fixture
+def port(stand_in_server: tuple[LiveServer, GraphStandIn]) -> int:
+    return stand_in_server[0].port
 
 
-async def test_channels_follow_next_link_and_encode_ids(client: MicrosoftTeamsClient):
+async def test_clients_share_one_keep_alive_pool(
+    graph_url: str, graph: GraphStandIn, port: int
+) -> None:
+    async with GraphPool(Settings()) as pool:
+        for _ in range(3):
+            await MicrosoftTeamsClient(TOKEN, graph_url=graph_url, http_client=pool.http).get_me()
+        assert len(graph.client_ports) == 1  # one TCP connection served every client
+        assert open_connections(port) == 1
+    assert pool.is_closed and open_connections(port) == 0
+
+
+async def test_context_manager_closes_only_its_own_pool(
+    graph_url: str, graph: GraphStandIn, port: int
+) -> None:
+    async with GraphPool(Settings()) as pool:
+        async with MicrosoftTeamsClient(TOKEN, graph_url=graph_url, http_client=pool.http) as given:
+            await given.get_me()
+        assert not pool.is_closed  # a given pool is its creator's to close
+        async with MicrosoftTeamsClient(TOKEN, graph_url=graph_url) as own:
+            assert (await own.get_me()).display_name == "Alice"
+            assert (await own.get_me()).display_name == "Alice"
+            assert len(graph.client_ports) == 2  # its own pool, kept alive for the block
+            assert open_connections(port) == 2
+        assert open_connections(port) == 1  # its own pool closed, the given one still open
+        assert not pool.is_closed
+    assert open_connections(port) == 0
+
+
+async def test_without_pool_each_operation_opens_and_closes_its_connection(
+    graph_url: str, graph: GraphStandIn, port: int
+) -> None:
+    teams = MicrosoftTeamsClient(TOKEN, graph_url=graph_url)
+    assert len(await teams.get_user_teams()) == 5
+    assert len(graph.client_ports) == 1  # three pages over one connection
+    assert open_connections(port) == 0  # closed when the operation ended
+    await teams.get_me()
+    assert len(graph.client_ports) == 2 and open_connections(port) == 0
+
+
+async def test_channels_follow_next_link_and_encode_ids(client: MicrosoftTeamsClient) -> None:
     channels = await client.list_channels(TEAM)
     assert [c.display_name for c in channels] == ["C0", "C1", "C2"]
     assert channels[0].model_dump()["membershipType"] == "standard"
 
 
-async def test_paging_stops_at_the_cap(client: MicrosoftTeamsClient, graph: GraphStandIn):
-    client.max_pages = 5
+async def test_paging_stops_at_the_cap(graph_url: str, graph: GraphStandIn) -> None:
+    client = MicrosoftTeamsClient(
+        TOKEN, graph_url=graph_url, settings=Settings(), retry=RetryPolicy(max_pages=5)
+    )
     with pytest.raises(GraphError) as caught:
         await client.list_channels("endless")
     assert caught.value.code == "TooManyPages"
     assert graph.calls_to("GET", "/endless/") == 5
 
 
-async def test_next_link_to_a_loopback_alias_is_followed(client: MicrosoftTeamsClient):
+async def test_next_link_to_a_loopback_alias_is_followed(client: MicrosoftTeamsClient) -> None:
     channels = await client.list_channels("alias")
     assert [c.id for c in channels][0] == "first" and len(channels) == 4
 
 
-async def test_next_link_to_another_host_is_refused(client: MicrosoftTeamsClient):
+async def test_next_link_to_another_host_is_refused(client: MicrosoftTeamsClient) -> None:
     with pytest.raises(GraphError) as caught:
         await client.list_channels("elsewhere")
     assert caught.value.code == "UnexpectedNextLink"
 
 
-async def test_list_messages_stops_at_top(client: MicrosoftTeamsClient, graph: GraphStandIn):
+async def test_list_messages_stops_at_top(
+    client: MicrosoftTeamsClient, graph: GraphStandIn
+) -> None:
     for i in range(5):
         await client.send_message(TEAM, CHANNEL, f"m{i}")
     graph.calls.clear()
@@ -301,14 +348,14 @@ async def test_list_messages_stops_at_top(client: MicrosoftTeamsClient, graph: G
 )
 async def test_graph_errors_keep_status_code_and_request_id(
     client: MicrosoftTeamsClient, team_id: str, status: int, code: str
-):
+) -> None:
     with pytest.raises(GraphError) as caught:
         await client.list_channels(team_id)
     assert (caught.value.status_code, caught.value.code) == (status, code)
     assert caught.value.request_id == "req-123"
 
 
-async def test_unauthorized_is_a_401_graph_error(graph_url: str, graph: GraphStandIn):
+async def test_unauthorized_is_a_401_graph_error(graph_url: str, graph: GraphStandIn) -> None:
     teams = MicrosoftTeamsClient("expired-token", graph_url=graph_url)
     with pytest.raises(GraphError) as caught:
         await teams.get_me()
@@ -319,7 +366,7 @@ async def test_unauthorized_is_a_401_graph_error(graph_url: str, graph: GraphSta
 
 async def test_non_json_error_body_still_explains(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     graph.faults.append(Fault("GET", "/v1.0/me", 502, text_body="<html>Bad Gateway</html>"))
     with pytest.raises(GraphError) as caught:
         await client.get_me()
@@ -327,7 +374,7 @@ async def test_non_json_error_body_still_explains(
     assert "502" in caught.value.message and "Bad Gateway" in caught.value.message
 
 
-async def test_token_never_shown(client: MicrosoftTeamsClient, graph: GraphStandIn):
+async def test_token_never_shown(client: MicrosoftTeamsClient, graph: GraphStandIn) -> None:
     assert TOKEN not in repr(client) and TOKEN not in str(client)
     graph.faults.append(Fault("GET", "/v1.0/me", 400))
     with pytest.raises(GraphError) as caught:
@@ -340,7 +387,7 @@ async def test_token_never_shown(client: MicrosoftTeamsClient, graph: GraphStand
 
 async def test_reads_retry_throttling_and_outages(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     graph.faults += [
         Fault("GET", "/v1.0/me", 429, retry_after="0"),
         Fault("GET", "/v1.0/me", 503),
@@ -352,15 +399,17 @@ async def test_reads_retry_throttling_and_outages(
 
 async def test_reads_give_up_with_the_last_status(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     graph.faults.append(Fault("GET", "/v1.0/me", 429, count=10, retry_after="0"))
     with pytest.raises(GraphError) as caught:
         await client.get_me()
     assert caught.value.status_code == 429
-    assert graph.calls_to("GET", "/me") == client.max_attempts
+    assert graph.calls_to("GET", "/me") == client.retry.max_attempts
 
 
-async def test_reads_do_not_wait_past_the_budget(client: MicrosoftTeamsClient, graph: GraphStandIn):
+async def test_reads_do_not_wait_past_the_budget(
+    client: MicrosoftTeamsClient, graph: GraphStandIn
+) -> None:
     graph.faults.append(Fault("GET", "/v1.0/me", 429, count=10, retry_after="120"))
     started = time.monotonic()
     with pytest.raises(GraphError) as caught:
@@ -370,11 +419,12 @@ async def test_reads_do_not_wait_past_the_budget(client: MicrosoftTeamsClient, g
     assert caught.value.headers == {"Retry-After": "120"}  # passed on to our API's caller
 
 
-async def test_read_timeout_is_retried(graph_url: str, graph: GraphStandIn):
+async def test_read_timeout_is_retried(graph_url: str, graph: GraphStandIn) -> None:
     graph.faults.append(Fault("GET", "/v1.0/me", delay=1.0, answer=False))
     async with httpx.AsyncClient(timeout=0.3) as http:
-        teams = MicrosoftTeamsClient(TOKEN, graph_url=graph_url, http_client=http)
-        teams.backoff_base = 0.01
+        teams = MicrosoftTeamsClient(
+            TOKEN, graph_url=graph_url, http_client=http, retry=QUICK_RETRY
+        )
         assert (await teams.get_me()).display_name == "Alice"
     assert graph.calls_to("GET", "/me") == 2
 
@@ -384,7 +434,7 @@ async def test_read_timeout_is_retried(graph_url: str, graph: GraphStandIn):
 
 async def test_send_refused_with_retry_after_is_delivered_once(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     graph.faults.append(Fault("POST", "/v1.0/teams", 429, retry_after="0"))
     message = await client.send_message(TEAM, CHANNEL, "hello")
     assert message.body.content == "hello"
@@ -394,7 +444,7 @@ async def test_send_refused_with_retry_after_is_delivered_once(
 
 async def test_send_504_is_delivery_unknown_and_not_resent(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     graph.faults.append(Fault("POST", "/v1.0/teams", 504, retry_after="0"))
     with pytest.raises(DeliveryUnknownError) as caught:
         await client.send_message(TEAM, CHANNEL, "hello")
@@ -404,7 +454,7 @@ async def test_send_504_is_delivery_unknown_and_not_resent(
 
 async def test_send_503_without_retry_after_is_not_resent(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     graph.faults.append(Fault("POST", "/v1.0/teams", 503))
     with pytest.raises(GraphError) as caught:
         await client.send_message(TEAM, CHANNEL, "hello")
@@ -412,7 +462,9 @@ async def test_send_503_without_retry_after_is_not_resent(
     assert graph.calls_to("POST", "/messages") == 1
 
 
-async def test_send_timeout_is_delivery_unknown_and_not_resent(graph_url: str, graph: GraphStandIn):
+async def test_send_timeout_is_delivery_unknown_and_not_resent(
+    graph_url: str, graph: GraphStandIn
+) -> None:
     # Graph is slow but does post the message: a resend would duplicate it.
     graph.faults.append(Fault("POST", "/v1.0/teams", delay=0.6, answer=False))
     async with httpx.AsyncClient(timeout=0.2) as http:
@@ -443,21 +495,23 @@ class FailFirstConnect(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-async def test_send_after_connect_error_is_retried(graph_url: str, graph: GraphStandIn):
+async def test_send_after_connect_error_is_retried(graph_url: str, graph: GraphStandIn) -> None:
     async with httpx.AsyncClient(transport=FailFirstConnect()) as http:
         teams = MicrosoftTeamsClient(
-            TOKEN, graph_url=graph_url, http_client=http, pacer=fast_pacer()
+            TOKEN, graph_url=graph_url, http_client=http, pacer=fast_pacer(), retry=QUICK_RETRY
         )
-        teams.backoff_base = 0.01
         await teams.send_message(TEAM, CHANNEL, "hello")
     assert len(graph.messages[CHANNEL]) == 1
 
 
-async def test_send_to_unreachable_graph_names_the_setting():
+async def test_send_to_unreachable_graph_names_the_setting() -> None:
     teams = MicrosoftTeamsClient(
-        TOKEN, graph_url="http://127.0.0.1:9/v1.0", pacer=fast_pacer(), settings=Settings()
+        TOKEN,
+        graph_url="http://127.0.0.1:9/v1.0",
+        pacer=fast_pacer(),
+        settings=Settings(),
+        retry=QUICK_RETRY,
     )
-    teams.backoff_base = 0.01
     with pytest.raises(GraphError) as caught:
         await teams.send_message(TEAM, CHANNEL, "hello")
     assert caught.value.status_code == 503
@@ -469,7 +523,7 @@ async def test_send_to_unreachable_graph_names_the_setting():
 
 async def test_mentions_are_tagged_in_an_html_body(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     message = await client.send_message(
         TEAM,
         CHANNEL,
@@ -494,7 +548,9 @@ async def test_mentions_are_tagged_in_an_html_body(
     assert [m.mentioned.user.id for m in message.mentions] == ["aad-1", "aad-2"]
 
 
-async def test_existing_mention_tags_are_kept(client: MicrosoftTeamsClient, graph: GraphStandIn):
+async def test_existing_mention_tags_are_kept(
+    client: MicrosoftTeamsClient, graph: GraphStandIn
+) -> None:
     await client.send_message(
         TEAM,
         CHANNEL,
@@ -509,7 +565,7 @@ async def test_existing_mention_tags_are_kept(client: MicrosoftTeamsClient, grap
 
 async def test_adaptive_card_is_an_attachment_referenced_by_the_body(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     card = {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "x"}]}
     root = await client.send_message(TEAM, CHANNEL, "See card", adaptive_card=card)
     reply = await client.reply_to_message(TEAM, CHANNEL, root.id, "ack")
@@ -527,7 +583,7 @@ async def test_adaptive_card_is_an_attachment_referenced_by_the_body(
 
 async def test_bad_mention_is_rejected_before_sending(
     client: MicrosoftTeamsClient, graph: GraphStandIn
-):
+) -> None:
     with pytest.raises(BadRequestError) as caught:
         await client.send_message(TEAM, CHANNEL, "hi", mentions=[{"id": "aad-1"}])
     assert "display_name" in str(caught.value)
@@ -537,7 +593,7 @@ async def test_bad_mention_is_rejected_before_sending(
 # -- pacing ----------------------------------------------------------------------------------
 
 
-async def test_burst_is_paced_under_the_channel_limit(graph_url: str, graph: GraphStandIn):
+async def test_burst_is_paced_under_the_channel_limit(graph_url: str, graph: GraphStandIn) -> None:
     graph.channel_rate = 10.0
     paced = MicrosoftTeamsClient(
         TOKEN, graph_url=graph_url, pacer=InProcessPacer(channel_per_second=10)
@@ -547,7 +603,9 @@ async def test_burst_is_paced_under_the_channel_limit(graph_url: str, graph: Gra
     assert len(graph.messages[CHANNEL]) == 6
 
 
-async def test_unpaced_burst_would_be_throttled(client: MicrosoftTeamsClient, graph: GraphStandIn):
+async def test_unpaced_burst_would_be_throttled(
+    client: MicrosoftTeamsClient, graph: GraphStandIn
+) -> None:
     # The stand-in really enforces the limit: without pacing the same burst hits 429s.
     graph.channel_rate, graph.throttle_retry_after = 10.0, "0"
     results = await asyncio.gather(
@@ -610,7 +668,7 @@ def emulated(emulator: EmulatorServer) -> Iterator[EmulatedTeams]:
         yield EmulatedTeams(emulator, sign_in(emulator, DEMO_USERS[0]), settings, control)
 
 
-async def test_emulator_teams_and_channels_across_pages(emulated: EmulatedTeams):
+async def test_emulator_teams_and_channels_across_pages(emulated: EmulatedTeams) -> None:
     teams = await emulated.client().get_user_teams()
     assert sorted(t.display_name for t in teams) == sorted(name for name, _, _ in JOINED_TEAMS)
     assert emulated.stats()["graph_requests"]  # served by the emulator, over TLS
@@ -620,7 +678,7 @@ async def test_emulator_teams_and_channels_across_pages(emulated: EmulatedTeams)
     assert all(c.id.startswith("19:") for c in channels)
 
 
-async def test_emulator_send_with_mention_and_card(emulated: EmulatedTeams):
+async def test_emulator_send_with_mention_and_card(emulated: EmulatedTeams) -> None:
     teams = emulated.client(pacer=fast_pacer())
     team = (await teams.get_user_teams())[0]
     channel = (await teams.list_channels(team.id))[0]
@@ -646,9 +704,9 @@ async def test_emulator_send_with_mention_and_card(emulated: EmulatedTeams):
     assert listed[0].mentions[0].mention_text == "Bob"
 
 
-async def test_emulator_burst_is_paced_without_429(emulated: EmulatedTeams):
-    teams = emulated.client(pacer=InProcessPacer())
-    teams.max_attempts = 1  # a 429 would surface instead of being retried
+async def test_emulator_burst_is_paced_without_429(emulated: EmulatedTeams) -> None:
+    # One attempt: a 429 would surface instead of being retried.
+    teams = emulated.client(pacer=InProcessPacer(), retry=RetryPolicy(max_attempts=1))
     team = (await teams.get_user_teams())[0]
     channel = (await teams.list_channels(team.id))[0]
     await asyncio.gather(*(teams.send_message(team.id, channel.id, f"m{i}") for i in range(3)))
@@ -656,14 +714,15 @@ async def test_emulator_burst_is_paced_without_429(emulated: EmulatedTeams):
     assert len(emulated.stored_messages()) == 3
 
 
-async def test_emulator_redis_pacer_is_shared_by_two_processes(emulated: EmulatedTeams):
+async def test_emulator_redis_pacer_is_shared_by_two_processes(emulated: EmulatedTeams) -> None:
     prefix = f"test:teams:{uuid.uuid4().hex}"
     clients = [
-        emulated.client(pacer=RedisPacer("redis://127.0.0.1:6379/0", prefix=prefix))
+        emulated.client(
+            pacer=RedisPacer("redis://127.0.0.1:6379/0", prefix=prefix),
+            retry=RetryPolicy(max_attempts=1),
+        )
         for _ in range(2)
     ]
-    for teams in clients:
-        teams.max_attempts = 1
     team = (await clients[0].get_user_teams())[0]
     channel = (await clients[0].list_channels(team.id))[0]
     await asyncio.gather(
@@ -675,7 +734,7 @@ async def test_emulator_redis_pacer_is_shared_by_two_processes(emulated: Emulate
         await teams.pacer.aclose()
 
 
-async def test_emulator_throttled_send_is_delivered_once(emulated: EmulatedTeams):
+async def test_emulator_throttled_send_is_delivered_once(emulated: EmulatedTeams) -> None:
     teams = emulated.client(pacer=fast_pacer())
     team = (await teams.get_user_teams())[0]
     channel = (await teams.list_channels(team.id))[0]
@@ -685,7 +744,7 @@ async def test_emulator_throttled_send_is_delivered_once(emulated: EmulatedTeams
     assert [m["chat_message"]["body"]["content"] for m in emulated.stored_messages()] == ["once"]
 
 
-async def test_emulator_gateway_timeout_is_not_resent(emulated: EmulatedTeams):
+async def test_emulator_gateway_timeout_is_not_resent(emulated: EmulatedTeams) -> None:
     teams = emulated.client(pacer=fast_pacer())
     team = (await teams.get_user_teams())[0]
     channel = (await teams.list_channels(team.id))[0]

@@ -3,8 +3,12 @@
 Each send books the earliest instant at least one interval away from every booking of its
 channel, team and tenant (holes included, whatever the arrival order), then sleeps until then,
 so a burst is spread out instead of running into 429s. `InProcessPacer` keeps the bookings
-per process; `RedisPacer` keeps them in Redis so that several `serve` processes share one
-budget.
+in the pacer object; `RedisPacer` keeps them in Redis so that several `serve` processes share
+one budget.
+
+A budget is shared by exactly the clients that are given the same pacer: nothing here is
+process-wide, so the app creates one pacer (`pacer_from_settings`) and passes it to every
+client it builds, and closes it on shutdown.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypedDict, TypeVar, Unpack
 
 import redis.asyncio as aioredis
 
@@ -37,7 +41,10 @@ MAX_MOVES = 256
 
 
 class LoopLocal(Generic[T]):
-    """One object per running event loop and key: asyncio clients cannot cross loops."""
+    """One object per running event loop and key: asyncio clients cannot cross loops.
+
+    Meant to live on an instance (as `RedisPacer`'s connections do), never at module level.
+    """
 
     def __init__(self) -> None:
         self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, T]]
@@ -59,8 +66,20 @@ class LoopLocal(Generic[T]):
             return self._items.get(loop, {}).pop(key, None)
 
 
+class Limits(TypedDict, total=False):
+    """Pacer limits other than Teams' defaults (the keyword arguments of `Pacer`)."""
+
+    channel_per_second: float
+    team_per_second: float
+    tenant_per_second: float
+    safety_factor: float
+
+
 class Pacer(ABC):
-    """Spaces sends per channel, team and tenant; `acquire` returns the seconds it waited."""
+    """Spaces sends per channel, team and tenant; `acquire` returns the seconds it waited.
+
+    `sleep` is injectable so that tests can check a schedule without waiting it out.
+    """
 
     def __init__(
         self,
@@ -69,12 +88,14 @@ class Pacer(ABC):
         team_per_second: float = TEAM_PER_SECOND,
         tenant_per_second: float = TENANT_PER_SECOND,
         safety_factor: float = SAFETY_FACTOR,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         rates = (channel_per_second, team_per_second, tenant_per_second)
         if min(rates) <= 0 or not 0 < safety_factor <= 1:
             raise ValueError("rates must be positive and safety_factor in (0, 1]")
         # Seconds between two sends on the same channel, team and tenant.
         self.intervals = tuple(1.0 / (rate * safety_factor) for rate in rates)
+        self._sleep = sleep
 
     async def acquire(
         self, team_id: str, channel_id: str, *, tenant_id: str = DEFAULT_TENANT
@@ -82,7 +103,7 @@ class Pacer(ABC):
         delay = await self.reserve(team_id, channel_id, tenant_id)
         if delay > 0:
             THROTTLE_WAIT_SECONDS.labels(source="pacer").inc(delay)
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
         return delay
 
     @abstractmethod
@@ -94,8 +115,21 @@ class Pacer(ABC):
 
 
 class InProcessPacer(Pacer):
-    def __init__(self, **limits: float) -> None:
-        super().__init__(**limits)
+    """Bookings kept in this object: one budget for every client given this pacer.
+
+    `monotonic_ns` is the clock bookings are made on (integer nanoseconds, so gaps add up
+    exactly); tests inject a fake one together with `sleep`.
+    """
+
+    def __init__(
+        self,
+        *,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        **limits: Unpack[Limits],
+    ) -> None:
+        super().__init__(sleep=sleep, **limits)
+        self._monotonic_ns = monotonic_ns
         # Integer nanoseconds: a slot placed at booking + gap must not seem to conflict with it.
         self._gaps = tuple(round(interval * 1e9) for interval in self.intervals)
         # key -> sorted monotonic_ns times booked on it (the recent past and the future).
@@ -106,7 +140,7 @@ class InProcessPacer(Pacer):
     async def reserve(self, team_id: str, channel_id: str, tenant_id: str) -> float:
         keys = (("channel", team_id, channel_id), ("team", team_id), ("tenant", tenant_id))
         with self._lock:
-            now = time.monotonic_ns()
+            now = self._monotonic_ns()
             booked = [self._booked.setdefault(key, []) for key in keys]
             for times, gap in zip(booked, self._gaps, strict=True):
                 # A booking at least `gap` ago can no longer conflict with one at or after now.
@@ -190,9 +224,11 @@ class RedisPacer(Pacer):
         redis: str | aioredis.Redis,
         *,
         prefix: str = "tracecat:pacing",
-        **limits: float,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        **limits: Unpack[Limits],
     ) -> None:
-        super().__init__(**limits)
+        # Bookings are made on Redis' clock (see the script), so only the sleep is injectable.
+        super().__init__(sleep=sleep, **limits)
         self.prefix = prefix
         self._redis = redis
         self._clients: LoopLocal[aioredis.Redis] = LoopLocal()
@@ -219,19 +255,10 @@ class RedisPacer(Pacer):
 
 
 def pacer_from_settings(settings: Settings) -> Pacer:
-    """A new pacer: Redis-backed when REDIS_URL is set, else per process."""
+    """A new pacer: Redis-backed when REDIS_URL is set, else in-process.
+
+    Each call makes a new, independent budget: to share one, share the pacer.
+    """
     if settings.redis_url:
         return RedisPacer(settings.redis_url)
     return InProcessPacer()
-
-
-_shared: dict[str | None, Pacer] = {}
-_shared_lock = threading.Lock()
-
-
-def default_pacer(settings: Settings) -> Pacer:
-    """The process-wide pacer for these settings, so every client shares one budget."""
-    with _shared_lock:
-        if settings.redis_url not in _shared:
-            _shared[settings.redis_url] = pacer_from_settings(settings)
-        return _shared[settings.redis_url]

@@ -1,0 +1,54 @@
+"""What a running app owns: opened once by its lifespan, closed by it, nothing global.
+
+The database (with its keyring), the read cache, the Graph connection pool and send pacer,
+the MSAL provider, the integration service built on them, and the background jobs. A new
+capability adds its parts here, so shutdown closes everything in one place.
+"""
+
+from __future__ import annotations
+
+from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
+from tracecat.auth.integrations.service import IntegrationService
+from tracecat.cache import ReadCache
+from tracecat.config import Settings
+from tracecat.crypto import Keyring, set_keyring
+from tracecat.db import Database
+from tracecat.graph.pacing import pacer_from_settings
+from tracecat.graph.transport import GraphPool
+from tracecat.jobs import Job, JobRunner
+
+
+class AppResources:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keyring = Keyring.from_settings(settings)
+        set_keyring(self.keyring)
+        self.database = Database.from_settings(settings)
+        self.cache = ReadCache(settings.tracecat_cache_seconds)
+        self.graph_pool = GraphPool(settings)
+        # One budget for every send of this app (in Redis, shared by instances, if REDIS_URL).
+        self.pacer = pacer_from_settings(settings)
+        self.provider = MicrosoftOAuthProvider(settings)
+        self.integrations = IntegrationService(
+            self.database,
+            settings,
+            self.provider,
+            self.cache,
+            graph_pool=self.graph_pool,
+            pacer=self.pacer,
+        )
+        self.jobs = JobRunner()
+        if settings.tracecat_refresh_interval_seconds > 0:
+            interval = settings.tracecat_refresh_interval_seconds
+            self.jobs.add(Job("token-sweep", interval, self.integrations.refresh_due))
+
+    def start(self) -> None:
+        self.jobs.start()
+
+    async def aclose(self) -> None:
+        """Stop the jobs first (they use everything else), then close in reverse order."""
+        await self.jobs.stop()
+        self.provider.close()
+        await self.pacer.aclose()
+        await self.graph_pool.aclose()
+        await self.database.dispose()
