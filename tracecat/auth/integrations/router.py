@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
-from tracecat.auth.integrations.models import (
-    MICROSOFT_TEAMS,
+from tracecat.auth.integrations.models import MICROSOFT_TEAMS
+from tracecat.auth.integrations.schemas import (
     ConnectResponse,
     IntegrationSummary,
     SendMessageRequest,
