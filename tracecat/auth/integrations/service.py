@@ -14,10 +14,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from anyio import to_thread
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import CursorResult, bindparam, delete, select
 
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.models import (
@@ -149,7 +149,7 @@ class IntegrationService:
         views: list[IntegrationView] | None = self.cache.get("views", user_id)
         if views is None:
             rows = await self.database.fetch_all(_VIEWS, {"user_id": user_id})
-            views = [IntegrationView(*row) for row in rows]
+            views = [IntegrationView(*list(row)) for row in rows]
             self.cache.put("views", user_id, views)
         return [view for view in views if provider in (None, view.provider)]
 
@@ -162,7 +162,7 @@ class IntegrationService:
             )
             if not rows:
                 raise NotConnectedError
-            grant = Grant(*rows[0])
+            grant = Grant(*list(rows[0]))
             self.cache.put("grant", user_id, grant)
         return grant
 
@@ -266,11 +266,15 @@ class IntegrationService:
 
     async def disconnect(self, user_id: uuid.UUID) -> None:
         async with self.database.session() as session:
-            result = await session.execute(
-                delete(UserIntegration).where(
-                    UserIntegration.user_id == user_id,
-                    UserIntegration.provider == MICROSOFT_TEAMS,
-                )
+            # A DELETE answers with a cursor result, which carries the row count.
+            result = cast(
+                CursorResult[Any],
+                await session.execute(
+                    delete(UserIntegration).where(
+                        UserIntegration.user_id == user_id,
+                        UserIntegration.provider == MICROSOFT_TEAMS,
+                    )
+                ),
             )
             await session.execute(delete(OAuthState).where(OAuthState.user_id == user_id))
             await session.commit()
