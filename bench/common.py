@@ -92,13 +92,19 @@ class Process:
 
 
 def spawn(
-    stack: ExitStack, name: str, args: list[str], env: dict[str, str], log_dir: Path
+    stack: ExitStack,
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    program: list[str] | None = None,
 ) -> Process:
-    """Start a CLI subprocess whose output goes to a log file; it is stopped when `stack` closes."""
+    """Start a subprocess (by default our CLI) whose output goes to a log file; it is stopped
+    when `stack` closes."""
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log_file:
         popen = subprocess.Popen(
-            [cli_path(), *args],
+            [*(program or [cli_path()]), *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -238,6 +244,9 @@ class Stack:
     users: list[ApiUser]
     env: dict[str, str]
     processes: list[Process] = field(default_factory=list)
+    # For a bench that starts more processes: cleaned up with the rest, logs beside theirs.
+    exits: ExitStack = field(default_factory=ExitStack)
+    work_dir: Path = Path(".")
 
     def check_alive(self) -> None:
         for process in self.processes:
@@ -322,7 +331,7 @@ def bench_stack(options: StackOptions) -> Iterator[Stack]:
             connect_user(urls[index % len(urls)], user, DEMO_USERS[index % len(DEMO_USERS)])
             users.append(user)
         log(f"{len(users)} user(s) created and connected")
-        yield Stack(emulator, urls, users, env, [*processes])
+        yield Stack(emulator, urls, users, env, [*processes], exits=stack, work_dir=work_dir)
 
 
 def run_main(main: Any) -> None:
