@@ -9,27 +9,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tracecat.emulator import control, graph, identity
+from tracecat.emulator import control, graph, identity, token_endpoint
 from tracecat.emulator.errors import (
     AadError,
-    GraphError,
+    GraphApiError,
     graph_fault,
     graph_method_not_allowed,
     graph_unknown_segment,
 )
-from tracecat.emulator.faults import injected_fault, request_kind
-from tracecat.emulator.http_utils import https_base
+from tracecat.emulator.fault_rules import RequestKind, request_kind
+from tracecat.emulator.faults import answer
+from tracecat.emulator.http_utils import aad_error_response, graph_error_response, raw_path
 from tracecat.emulator.state import EmulatorState
-
-
-def _aad_response(request: Request, err: AadError) -> JSONResponse:
-    body = err.body(https_base(request), request.state.request_id, request.state.client_request_id)
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
-
-
-def _graph_response(request: Request, err: GraphError) -> JSONResponse:
-    body = err.body(request.state.request_id, request.state.client_request_id)
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 def _route_label(request: Request) -> str:
@@ -46,15 +37,16 @@ def create_emulator_app(state: EmulatorState) -> FastAPI:
     app.include_router(control.router)
     app.include_router(graph.router)
     app.include_router(graph.userinfo_router)
+    app.include_router(token_endpoint.router)
     app.include_router(identity.router)
 
     @app.exception_handler(AadError)
     async def on_aad_error(request: Request, err: AadError) -> Response:
-        return _aad_response(request, err)
+        return aad_error_response(request, err)
 
-    @app.exception_handler(GraphError)
-    async def on_graph_error(request: Request, err: GraphError) -> Response:
-        return _graph_response(request, err)
+    @app.exception_handler(GraphApiError)
+    async def on_graph_error(request: Request, err: GraphApiError) -> Response:
+        return graph_error_response(request, err)
 
     @app.exception_handler(control.ControlError)
     async def on_control_error(request: Request, err: control.ControlError) -> Response:
@@ -62,14 +54,15 @@ def create_emulator_app(state: EmulatorState) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if request_kind(request) != "graph":
+        if request_kind(request.method, request.url.path) != RequestKind.GRAPH:
             return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
         if exc.status_code == 404:
             segment = request.url.path.rstrip("/").rsplit("/", 1)[-1]
-            return _graph_response(request, graph_unknown_segment(segment))
+            return graph_error_response(request, graph_unknown_segment(segment))
         if exc.status_code == 405:
-            return _graph_response(request, graph_method_not_allowed())
-        return _graph_response(request, graph_fault(exc.status_code, None, str(exc.detail), None))
+            return graph_error_response(request, graph_method_not_allowed())
+        err = graph_fault(exc.status_code, None, str(exc.detail), None)
+        return graph_error_response(request, err)
 
     @app.middleware("http")
     async def correlate(
@@ -79,25 +72,18 @@ def create_emulator_app(state: EmulatorState) -> FastAPI:
         client_request_id = request.headers.get("client-request-id") or request_id
         request.state.request_id = request_id
         request.state.client_request_id = client_request_id
-        kind = request_kind(request)
-        fault = await injected_fault(request, kind) if kind else None
-        if isinstance(fault, GraphError):
-            response: Response = _graph_response(request, fault)
-        elif isinstance(fault, AadError):
-            response = _aad_response(request, fault)
-        else:
-            response = await call_next(request)
-        if kind == "graph":
+        kind = request_kind(request.method, request.url.path)
+        if kind is None:
+            return await call_next(request)  # the control API: never faulted, not counted
+        response = await answer(request, kind, call_next)
+        if kind == RequestKind.GRAPH:
             # Graph's own correlation headers; the identity platform names its own differently.
             response.headers["request-id"] = request_id
             response.headers["client-request-id"] = client_request_id
-            state.record_graph_request(
-                _route_label(request),
-                response.status_code,
-                request.method,
-                request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0],
+            state.stats.record_graph_request(
+                _route_label(request), response.status_code, request.method, raw_path(request)
             )
-        elif kind is not None:
+        else:
             response.headers["x-ms-request-id"] = request_id
             response.headers["client-request-id"] = client_request_id
         return response

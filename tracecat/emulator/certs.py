@@ -3,6 +3,9 @@
 MSAL only accepts https authorities, so the emulator needs a certificate that
 clients can trust without touching the system store: they point their CA
 bundle (MICROSOFT_CA_BUNDLE) at `ca.pem`.
+
+Validity is judged by the real time, not the emulator's clock (clock.py): TLS
+clients check these certificates against their own.
 """
 
 from __future__ import annotations
@@ -78,9 +81,12 @@ def _load_ca(
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except ValueError:
         return None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
+    public_key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+        public_key, ec.EllipticCurvePublicKey
+    ):
         return None
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    if public_key.public_numbers() != key.public_key().public_numbers():
         return None
     if cert.not_valid_after_utc - RENEW_BEFORE < now:
         return None

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tracecat.emulator.errors import graph_bad_request
-from tracecat.emulator.state import User
+from tracecat.emulator.identity_store import DirectoryUser
 
 AT_TAG = re.compile(r"""<at\s+id\s*=\s*["']?(\d+)["']?\s*>(.*?)</at>""", re.IGNORECASE | re.DOTALL)
 ATTACHMENT_TAG = re.compile(
@@ -30,8 +30,9 @@ IDENTITY_KINDS = ("user", "application", "conversation", "tag")
 IMPORTANCE = ("normal", "high", "urgent")
 
 
-def _iso_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _iso(timestamp: float) -> str:
+    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _body(payload: dict[str, Any]) -> dict[str, str]:
@@ -63,7 +64,7 @@ def _mentions(
             raise graph_bad_request(f"Mention {mention['id']} needs a mentionText.")
         mentioned = mention.get("mentioned")
         kinds = [k for k in IDENTITY_KINDS if isinstance(mentioned, dict) and mentioned.get(k)]
-        if len(kinds) != 1:
+        if len(kinds) != 1 or not isinstance(mentioned, dict):
             raise graph_bad_request(f"Mention {mention['id']} must mention one identity.")
         identity = mentioned[kinds[0]]
         if kinds[0] == "user" and not (isinstance(identity, dict) and identity.get("id")):
@@ -73,7 +74,9 @@ def _mentions(
                 f'Mention with id {mention["id"]} has no matching <at id="{mention["id"]}"> tag '
                 "in the message body."
             )
-        full = {k: None for k in ("application", "device", "conversation", "tag", "user")}
+        full: dict[str, Any] = {
+            k: None for k in ("application", "device", "conversation", "tag", "user")
+        }
         full[kinds[0]] = {**identity, "tenantId": identity.get("tenantId", tenant_id)}
         result.append(
             {"id": mention["id"], "mentionText": mention["mentionText"], "mentioned": full}
@@ -144,10 +147,13 @@ def build_chat_message(
     team_id: str,
     channel_id: str,
     reply_to_id: str | None,
-    sender: User,
+    sender: DirectoryUser,
     tenant_id: str,
+    now: float,
 ) -> dict[str, Any]:
-    """Raise GraphError(400) for an invalid payload; return the chatMessage resource."""
+    """Raise GraphApiError(400) for an invalid payload; return the chatMessage resource.
+
+    `now` is the emulator's clock (state.now()), the message's creation time."""
     if not isinstance(payload, dict):
         raise graph_bad_request(
             "Unable to read JSON request payload. Please ensure Content-Type header is set and "
@@ -162,7 +168,7 @@ def build_chat_message(
     subject = payload.get("subject")
     if subject is not None and not isinstance(subject, str):
         raise graph_bad_request("subject must be a string.")
-    created = _iso_now()
+    created = _iso(now)
     root_id = reply_to_id or message_id
     web_url = (
         f"https://teams.microsoft.com/l/message/{quote(channel_id, safe='')}/{message_id}"

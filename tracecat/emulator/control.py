@@ -3,21 +3,64 @@
 It is not a Microsoft API, so its errors are a plain {"error": "..."} body.
 
     GET    /_emulator                          where it listens, tenant, demo client id
-    POST   /_emulator/reset                    forget users, tokens, messages, faults, counters
+    POST   /_emulator/reset                    forget users, tokens, messages, faults, counters;
+                                                the clock goes back to real time
     GET    /_emulator/config                   see EmulatorConfig (tracecat/emulator/config.py)
     PATCH  /_emulator/config                   partial, e.g. {"throttling": {"enabled": false}}
-    POST   /_emulator/faults                   {"target": "token"|"graph"|"/path/prefix",
-                                                "status": 503, "count": 1, "retry_after": null,
-                                                "delay_seconds": 0, "code": null, "message": null}
+    GET    /_emulator/clock                    {"offset_seconds": 0.0, "now": 1700000000.0,
+                                                "now_iso": "2023-11-14T22:13:20.000Z"}
+    POST   /_emulator/clock                    {"advance_seconds": 3600}: move the emulator's
+                                                time forward (never back); answers like GET
+    POST   /_emulator/faults                   add a fault rule (see below); answers the rule
     GET    /_emulator/faults, DELETE /_emulator/faults
     GET    /_emulator/users
     POST   /_emulator/users/{email}/revoke     refresh and access tokens issued so far stop working
     POST   /_emulator/users/{email}/expire-tokens   access tokens issued so far count as expired
     GET    /_emulator/stats                    token requests by grant/outcome/user, Graph requests
-                                                by route/status, 429s issued, messages stored
+                                                by route/status and the last 1000 as sent
+                                                (graph_request_log), 429s issued, messages stored
     GET    /_emulator/messages                 every stored message, replies included
     POST   /_emulator/apps                     {"client_id"?, "client_secret"?, "display_name"?,
                                                 "redirect_uris": [...], "scopes"?}
+
+The clock: every expiry the emulator judges (access token exp, authorization code lifetime,
+refresh-token inactivity of 90 days) and every time it stamps (iat/exp/expires_in of new
+tokens, message dates) uses the emulator's time, real time plus the offset. So after
+{"advance_seconds": 3600} a token issued before with the default 3599 s lifetime is refused
+by Graph as expired, and the token endpoint issues tokens valid from the new time on.
+
+Faults: a rule applies to the next `count` (default 1) matching requests, then is gone; the
+first matching rule wins. `target` is "token" (POSTs to a token endpoint), "graph" (all of
+/v1.0) or a path prefix ("/v1.0/teams", "/common/oauth2"); `method` ("GET", "POST", ...)
+optionally narrows it. `kind` (default "error") says what happens:
+
+    error              {"target": "graph", "status": 503, "count": 1, "retry_after": null,
+                        "delay_seconds": 0, "code": null, "message": null}
+                       a Microsoft-shaped error (AADSTS or Graph OData body), delay_seconds
+                       late. Graph's code follows the status unless `code` is given: 401 is
+                       InvalidAuthenticationToken, 429 TooManyRequests, 503 ServiceNotAvailable.
+    slow               {"kind": "slow", "target": "graph", "delay_seconds": 2}
+                       the normal answer, delay_seconds late. The request is handled at once,
+                       so a POST is stored even when the client gave up waiting.
+    non_json           {"kind": "non_json", "target": "graph", "status": 200,
+                        "body": "<html>...</html>", "content_type": "text/html",
+                        "retry_after": null, "delay_seconds": 0}
+                       that body instead of the answer, as from a proxy; status 200-599,
+                       default 200; body and content_type default to a small HTML page.
+    endless_next_link  {"kind": "endless_next_link", "target": "/v1.0/me/joinedTeams"}
+                       the list page links to one more page even when it is the last, each
+                       link new. Each page served uses the rule once: with count N, N pages
+                       link on and the page after them ends the list as usual.
+    foreign_next_link  {"kind": "foreign_next_link", "target": "graph",
+                        "next_link_base": "https://evil.example"}
+                       the list page's @odata.nextLink (added on a last page) starts with
+                       next_link_base (scheme://host[:port], default https://evil.example).
+
+The two next-link kinds apply to Graph list routes only (target "graph" or a /v1.0 path),
+count list pages rather than requests and take no delay. A rule is answered (and listed) as
+{"id", "kind", "target", "method", "status", "count" (uses left), "retry_after",
+"delay_seconds", "code", "message", "body", "content_type", "next_link_base"}, null where
+it does not apply.
 
 Both listeners serve it, and a browser visiting any web page can reach the loopback one, so
 every request that changes state (any method but GET, HEAD and OPTIONS) must:
@@ -34,7 +77,6 @@ curl, httpx and other non-browser clients send no Origin, so they only need the 
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,11 +85,30 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from tracecat.emulator.constants import DEMO_APP_SCOPES, DEMO_CLIENT_ID
+from tracecat.emulator.fault_rules import FaultKind, FaultRule, RequestKind
 from tracecat.emulator.http_utils import emulator_state, graph_base, http_base, https_base
-from tracecat.emulator.state import AppRegistration, FaultRule
+from tracecat.emulator.identity_store import AppRegistration
+from tracecat.emulator.state import EmulatorState
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 DEFAULT_PORTS = {"http": 80, "https": 443}
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+DEFAULT_FOREIGN_BASE = "https://evil.example"
+DEFAULT_NON_JSON_BODY = (
+    "<!doctype html><html><head><title>Service Unavailable</title></head>"
+    "<body><h1>Service Unavailable</h1></body></html>"
+)
+DEFAULT_NON_JSON_TYPE = "text/html"
+# Which optional fault fields each kind takes; any other is refused, so a typo'd or
+# misplaced field fails loudly instead of silently doing nothing.
+FAULT_FIELDS = {
+    FaultKind.ERROR: {"status", "retry_after", "delay_seconds", "code", "message"},
+    FaultKind.SLOW: {"delay_seconds"},
+    FaultKind.NON_JSON: {"status", "retry_after", "delay_seconds", "body", "content_type"},
+    FaultKind.ENDLESS_NEXT_LINK: set(),
+    FaultKind.FOREIGN_NEXT_LINK: {"next_link_base"},
+}
+ALL_FAULT_FIELDS = set().union(*FAULT_FIELDS.values())
 
 
 class ControlError(Exception):
@@ -147,54 +208,123 @@ async def patch_config(request: Request) -> dict[str, Any]:
         raise ControlError(str(exc)) from exc
 
 
-@router.post("/faults", status_code=201)
-async def add_fault(request: Request) -> dict[str, Any]:
-    body = await _json_object(request)
+def _target(body: dict[str, Any], kind: FaultKind) -> RequestKind | str:
     target = _field(body, "target", str, "")
-    if not (target in ("token", "graph") or target.startswith("/")):
-        raise ControlError("target must be 'token', 'graph' or a path starting with '/'")
     if target.startswith("/_emulator"):
         raise ControlError("the control API cannot be faulted")
-    status = _field(body, "status", int, 503)
-    if not 400 <= status <= 599:
+    if kind.bends_next_link:
+        if not (target == RequestKind.GRAPH or target == "/v1.0" or target.startswith("/v1.0/")):
+            raise ControlError(f"a {kind} fault needs target 'graph' or a path under /v1.0")
+    elif not (target in (RequestKind.TOKEN, RequestKind.GRAPH) or target.startswith("/")):
+        raise ControlError("target must be 'token', 'graph' or a path starting with '/'")
+    return RequestKind(target) if not target.startswith("/") else target
+
+
+def _next_link_base(body: dict[str, Any]) -> str:
+    base = _field(body, "next_link_base", str, DEFAULT_FOREIGN_BASE).rstrip("/")
+    origin = _origin(base)
+    if origin is None or urlsplit(base).path or "?" in base or "#" in base:
+        raise ControlError("next_link_base must be scheme://host[:port], e.g. https://evil.example")
+    return base
+
+
+def parse_fault(body: dict[str, Any]) -> FaultRule:
+    """Validate a POST /faults body (see the module docstring) into a rule."""
+    try:
+        kind = FaultKind(_field(body, "kind", str, FaultKind.ERROR.value))
+    except ValueError:
+        raise ControlError(f"kind must be one of {[k.value for k in FaultKind]}") from None
+    misplaced = sorted((ALL_FAULT_FIELDS - FAULT_FIELDS[kind]) & set(body))
+    if misplaced:
+        raise ControlError(f"{', '.join(misplaced)} does not apply to a {kind} fault")
+    target = _target(body, kind)
+    method = _field(body, "method", str, None)
+    if method is not None and method.upper() not in HTTP_METHODS:
+        raise ControlError(f"method must be one of {list(HTTP_METHODS)}")
+    default_status = 200 if kind == FaultKind.NON_JSON else 503
+    status = _field(body, "status", int, default_status)
+    if kind == FaultKind.ERROR and not 400 <= status <= 599:
         raise ControlError("status must be an HTTP error status (400-599)")
+    if kind == FaultKind.NON_JSON and not 200 <= status <= 599:
+        raise ControlError("status must be between 200 and 599")
     count = _field(body, "count", int, 1)
     retry_after = _field(body, "retry_after", int, None)
     delay = float(_field(body, "delay_seconds", (int, float), 0.0))
     if count < 1 or (retry_after is not None and retry_after < 0) or not 0 <= delay <= 300:
         raise ControlError("count must be >= 1, retry_after >= 0 and delay_seconds in [0, 300]")
-    rule = FaultRule(
+    if kind == FaultKind.SLOW and not delay:
+        raise ControlError("a slow fault needs delay_seconds > 0")
+    non_json = kind == FaultKind.NON_JSON
+    return FaultRule(
         id=str(uuid.uuid4()),
+        kind=kind,
         target=target,
-        status=status,
         remaining=count,
+        method=method.upper() if method else None,
+        status=status if kind in (FaultKind.ERROR, FaultKind.NON_JSON) else None,
         retry_after=retry_after,
         delay_seconds=delay,
         code=_field(body, "code", str, None),
         message=_field(body, "message", str, None),
+        body=_field(body, "body", str, DEFAULT_NON_JSON_BODY) if non_json else None,
+        content_type=_field(body, "content_type", str, DEFAULT_NON_JSON_TYPE) if non_json else None,
+        next_link_base=_next_link_base(body) if kind == FaultKind.FOREIGN_NEXT_LINK else None,
     )
-    return emulator_state(request).add_fault(rule).public()
+
+
+@router.post("/faults", status_code=201)
+async def add_fault(request: Request) -> dict[str, Any]:
+    rule = parse_fault(await _json_object(request))
+    return emulator_state(request).faults.add(rule).public()
+
+
+def _clock(state: EmulatorState) -> dict[str, Any]:
+    now = state.clock.utcnow()
+    return {
+        "offset_seconds": state.clock.offset,
+        "now": now.timestamp(),
+        "now_iso": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+
+
+@router.get("/clock")
+async def get_clock(request: Request) -> dict[str, Any]:
+    return _clock(emulator_state(request))
+
+
+@router.post("/clock")
+async def advance_clock(request: Request) -> dict[str, Any]:
+    body = await _json_object(request)
+    if set(body) != {"advance_seconds"}:
+        raise ControlError('the body must be {"advance_seconds": <seconds>}')
+    seconds = _field(body, "advance_seconds", (int, float), None)
+    state = emulator_state(request)
+    try:
+        state.advance_clock(float(seconds))
+    except ValueError as exc:
+        raise ControlError(str(exc)) from exc
+    return _clock(state)
 
 
 @router.get("/faults")
 async def list_faults(request: Request) -> dict[str, Any]:
-    return {"faults": [rule.public() for rule in emulator_state(request).faults()]}
+    return {"faults": [rule.public() for rule in emulator_state(request).faults.all()]}
 
 
 @router.delete("/faults", status_code=204)
 async def clear_faults(request: Request) -> Response:
-    emulator_state(request).clear_faults()
+    emulator_state(request).faults.clear()
     return Response(status_code=204)
 
 
 @router.get("/users")
 async def list_users(request: Request) -> dict[str, Any]:
-    return {"users": [user.public() for user in emulator_state(request).users()]}
+    return {"users": [user.public() for user in emulator_state(request).identity.all_users()]}
 
 
 @router.post("/users/{email}/revoke")
 async def revoke_user(email: str, request: Request) -> dict[str, Any]:
-    user = emulator_state(request).revoke_user(email)
+    user = emulator_state(request).identity.revoke_user(email)
     if user is None:
         raise ControlError(f"no user {email!r} has signed in", 404)
     return {**user.public(), "tokens_valid_from": user.tokens_valid_from}
@@ -202,7 +332,7 @@ async def revoke_user(email: str, request: Request) -> dict[str, Any]:
 
 @router.post("/users/{email}/expire-tokens")
 async def expire_user_tokens(email: str, request: Request) -> dict[str, Any]:
-    user = emulator_state(request).expire_user_access_tokens(email)
+    user = emulator_state(request).identity.expire_user_access_tokens(email)
     if user is None:
         raise ControlError(f"no user {email!r} has signed in", 404)
     return {**user.public(), "access_tokens_expired_before": user.access_tokens_expired_before}
@@ -210,12 +340,12 @@ async def expire_user_tokens(email: str, request: Request) -> dict[str, Any]:
 
 @router.get("/stats")
 async def stats(request: Request) -> dict[str, Any]:
-    return emulator_state(request).stats()
+    return emulator_state(request).stats_report()
 
 
 @router.get("/messages")
 async def messages(request: Request) -> dict[str, Any]:
-    return {"messages": [m.public() for m in emulator_state(request).all_messages()]}
+    return {"messages": [m.public() for m in emulator_state(request).teams.every_message()]}
 
 
 @router.post("/apps", status_code=201)
@@ -233,8 +363,9 @@ async def register_app(request: Request) -> dict[str, Any]:
     app = AppRegistration(
         client_id=client_id,
         client_secret=_field(body, "client_secret", str, None) or secrets.token_urlsafe(30),
-        display_name=_field(body, "display_name", str, None) or f"Emulator app {int(time.time())}",
+        display_name=_field(body, "display_name", str, None)
+        or f"Emulator app {int(emulator_state(request).now())}",
         redirect_uris=list(redirect_uris),
         scopes=tuple(str(s) for s in scopes),
     )
-    return emulator_state(request).register_app(app).public()
+    return emulator_state(request).identity.register_app(app).public()

@@ -2,6 +2,8 @@
 
 Ids are derived from names so they stay the same across restarts and resets,
 and look like Graph's: team ids are GUIDs, channel ids `19:<hex>@thread.tacv2`.
+The classes are called Emulated* to keep them apart from the product's Graph
+models (tracecat.graph.resources.Team and Channel), which parse what Graph answers.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ PRIVATE_TEAMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 
 @dataclass
-class Channel:
+class EmulatedChannel:
     id: str
     team_id: str
     display_name: str
@@ -44,15 +46,15 @@ class Channel:
 
 
 @dataclass
-class Team:
+class EmulatedTeam:
     id: str
     display_name: str
     description: str
     open_to_all_users: bool
-    channels: list[Channel] = field(default_factory=list)
+    channels: list[EmulatedChannel] = field(default_factory=list)
     created: str = DEMO_CREATED
 
-    def channel(self, channel_id: str) -> Channel | None:
+    def channel(self, channel_id: str) -> EmulatedChannel | None:
         wanted = channel_id.lower()
         return next((c for c in self.channels if c.id == wanted), None)
 
@@ -66,13 +68,13 @@ def channel_id_for(team_id: str, name: str) -> str:
     return f"19:{digest}@thread.tacv2"
 
 
-def build_teams() -> list[Team]:
+def build_teams() -> list[EmulatedTeam]:
     teams = []
     for specs, open_to_all in ((JOINED_TEAMS, True), (PRIVATE_TEAMS, False)):
         for name, description, channel_names in specs:
-            team = Team(team_id_for(name), name, description, open_to_all)
+            team = EmulatedTeam(team_id_for(name), name, description, open_to_all)
             team.channels = [
-                Channel(
+                EmulatedChannel(
                     channel_id_for(team.id, channel),
                     team.id,
                     channel,

@@ -3,6 +3,9 @@
 Like Azurite's StorageErrorFactory, every error the emulator can send is built
 here, so wording and shape stay identical wherever it is raised. The texts
 follow Microsoft's published AADSTS messages and Graph error codes.
+
+The Graph one is GraphApiError, not GraphError: that name belongs to the product's
+client-side exception (tracecat.exceptions.GraphError), which parses these bodies.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ class AadError(Exception):
     def short_description(self) -> str:
         return f"AADSTS{self.code}: {self.text}"
 
-    def body(self, base_url: str, trace_id: str, correlation_id: str) -> dict[str, Any]:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    def body(
+        self, base_url: str, trace_id: str, correlation_id: str, now: dt.datetime
+    ) -> dict[str, Any]:
+        """`now` is the emulator's clock (state.clock.utcnow()), which tests can move."""
+        stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
         return {
             "error": self.error,
             "error_description": (
@@ -44,19 +50,21 @@ class AadError(Exception):
 
 
 @dataclass
-class GraphError(Exception):
+class GraphApiError(Exception):
+    """An OData error from Microsoft Graph."""
+
     status: int
     code: str
     message: str
     headers: dict[str, str] = field(default_factory=dict)
 
-    def body(self, request_id: str, client_request_id: str) -> dict[str, Any]:
+    def body(self, request_id: str, client_request_id: str, now: dt.datetime) -> dict[str, Any]:
         return {
             "error": {
                 "code": self.code,
                 "message": self.message,
                 "innerError": {
-                    "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                    "date": now.strftime("%Y-%m-%dT%H:%M:%S"),
                     "request-id": request_id,
                     "client-request-id": client_request_id,
                 },
@@ -312,24 +320,26 @@ def aad_fault(
 # -- Microsoft Graph -------------------------------------------------------------------------
 
 
-def graph_bad_request(message: str) -> GraphError:
-    return GraphError(400, "BadRequest", message)
+def graph_bad_request(message: str) -> GraphApiError:
+    return GraphApiError(400, "BadRequest", message)
 
 
-def graph_unknown_segment(segment: str) -> GraphError:
-    return GraphError(400, "BadRequest", f"Resource not found for the segment '{segment}'.")
+def graph_unknown_segment(segment: str) -> GraphApiError:
+    return GraphApiError(400, "BadRequest", f"Resource not found for the segment '{segment}'.")
 
 
-def graph_unauthenticated(message: str, authorization_uri: str) -> GraphError:
+def graph_unauthenticated(message: str, authorization_uri: str) -> GraphApiError:
     challenge = (
         f'Bearer realm="", authorization_uri="{authorization_uri}", '
         'client_id="00000003-0000-0000-c000-000000000000"'
     )
-    return GraphError(401, "InvalidAuthenticationToken", message, {"WWW-Authenticate": challenge})
+    return GraphApiError(
+        401, "InvalidAuthenticationToken", message, {"WWW-Authenticate": challenge}
+    )
 
 
-def graph_missing_scope(accepted: tuple[str, ...], granted: list[str]) -> GraphError:
-    return GraphError(
+def graph_missing_scope(accepted: tuple[str, ...], granted: list[str]) -> GraphApiError:
+    return GraphApiError(
         403,
         "Forbidden",
         f"Missing scope permissions on the request. API requires one of '{', '.join(accepted)}'. "
@@ -337,20 +347,22 @@ def graph_missing_scope(accepted: tuple[str, ...], granted: list[str]) -> GraphE
     )
 
 
-def graph_forbidden(message: str) -> GraphError:
-    return GraphError(403, "Forbidden", message)
+def graph_forbidden(message: str) -> GraphApiError:
+    return GraphApiError(403, "Forbidden", message)
 
 
-def graph_not_found(message: str) -> GraphError:
-    return GraphError(404, "NotFound", message)
+def graph_not_found(message: str) -> GraphApiError:
+    return GraphApiError(404, "NotFound", message)
 
 
-def graph_method_not_allowed() -> GraphError:
-    return GraphError(405, "MethodNotAllowed", "The HTTP method is not allowed on this resource.")
+def graph_method_not_allowed() -> GraphApiError:
+    return GraphApiError(
+        405, "MethodNotAllowed", "The HTTP method is not allowed on this resource."
+    )
 
 
-def graph_throttled(retry_after: int) -> GraphError:
-    return GraphError(
+def graph_throttled(retry_after: int) -> GraphApiError:
+    return GraphApiError(
         429, "TooManyRequests", "Please retry again later.", {"Retry-After": str(retry_after)}
     )
 
@@ -371,9 +383,9 @@ DEFAULT_GRAPH_CODES: dict[int, tuple[str, str]] = {
 
 def graph_fault(
     status: int, code: str | None, message: str | None, retry_after: int | None
-) -> GraphError:
+) -> GraphApiError:
     default_code, default_message = DEFAULT_GRAPH_CODES.get(
         status, ("UnknownError", "An error occurred.")
     )
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    return GraphError(status, code or default_code, message or default_message, headers)
+    return GraphApiError(status, code or default_code, message or default_message, headers)

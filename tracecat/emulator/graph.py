@@ -1,148 +1,65 @@
 """Microsoft Graph v1.0 for Teams: /me, joined teams, channels, channel messages and replies.
 
 Every route authenticates the bearer token, checks the delegated scope Graph
-documents for it, and applies the Teams throttling limits before answering.
+documents for it, and applies the Teams throttling limits before answering
+(graph_access.py); this module is the routes and the resources they render.
 Path segments arrive already percent-decoded, so `19%3Aabc%40thread.tacv2` and
 `19:abc@thread.tacv2` name the same channel, as they do for Graph.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import jwt
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tracecat.emulator import errors
 from tracecat.emulator.chat_messages import build_chat_message
-from tracecat.emulator.constants import GRAPH_APP_ID, GRAPH_RESOURCE
-from tracecat.emulator.demo_data import Channel, Team
+from tracecat.emulator.demo_data import EmulatedChannel, EmulatedTeam
+from tracecat.emulator.graph_access import (
+    READ_CHANNELS,
+    READ_JOINED_TEAMS,
+    READ_ME,
+    READ_MESSAGES,
+    READ_TEAM,
+    SEND_MESSAGES,
+    Caller,
+    authenticate,
+    authorize,
+)
 from tracecat.emulator.graph_paging import collection_page
-from tracecat.emulator.http_utils import emulator_state, graph_base, https_base
-from tracecat.emulator.state import EmulatorState, StoredMessage, User
+from tracecat.emulator.http_utils import emulator_state, graph_base
+from tracecat.emulator.state import EmulatorState
+from tracecat.emulator.teams_store import StoredMessage
 
 router = APIRouter(prefix="/v1.0")
 userinfo_router = APIRouter()
 
-# Delegated permissions that satisfy each operation, least privileged first (Graph docs).
-_DIRECTORY = ("Directory.Read.All", "Directory.ReadWrite.All")
-READ_ME = ("User.Read", "User.ReadWrite", "User.ReadBasic.All", "User.Read.All", *_DIRECTORY)
-READ_JOINED_TEAMS = (
-    "Team.ReadBasic.All",
-    "TeamSettings.Read.All",
-    "TeamSettings.ReadWrite.All",
-    "User.Read.All",
-    "User.ReadWrite.All",
-    *_DIRECTORY,
-)
-READ_TEAM = (
-    "Team.ReadBasic.All",
-    "TeamSettings.Read.All",
-    "TeamSettings.ReadWrite.All",
-    "Group.Read.All",
-    "Group.ReadWrite.All",
-    *_DIRECTORY,
-)
-READ_CHANNELS = (
-    "Channel.ReadBasic.All",
-    "ChannelSettings.Read.All",
-    "ChannelSettings.ReadWrite.All",
-    "Group.Read.All",
-    "Group.ReadWrite.All",
-    *_DIRECTORY,
-)
-READ_MESSAGES = ("ChannelMessage.Read.All", "Group.Read.All", "Group.ReadWrite.All")
-SEND_MESSAGES = ("ChannelMessage.Send", "Group.ReadWrite.All")
 MAX_MESSAGES_TOP = 50
 
 
-@dataclass
-class Caller:
-    user: User
-    app_id: str
-    scopes: list[str]
-
-
-def _authenticate(request: Request) -> Caller:
-    state = emulator_state(request)
-    challenge_uri = f"{https_base(request)}/common/oauth2/v2.0/authorize"
-
-    def reject(message: str) -> errors.GraphError:
-        return errors.graph_unauthenticated(message, challenge_uri)
-
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if not token or scheme.lower() != "bearer":
-        raise reject("Access token is empty.")
-    try:
-        claims = state.signing_key.verify(token, [GRAPH_RESOURCE, GRAPH_APP_ID])
-    except jwt.ExpiredSignatureError:
-        raise reject("Lifetime validation failed, the token is expired.") from None
-    except jwt.InvalidAudienceError:
-        raise reject("Access token validation failure. Invalid audience.") from None
-    except jwt.DecodeError:
-        raise reject("IDX14100: JWT is not well formed.") from None
-    except jwt.PyJWTError:
-        raise reject("Access token validation failure.") from None
-    email = claims.get("upn", "")
-    problem = state.access_token_problem(claims.get("jti", ""), email, claims["iat"])
-    if problem == "expired":
-        raise reject("Lifetime validation failed, the token is expired.")
-    if problem == "revoked":
-        raise reject("Access token has been revoked.")
-    # Tokens outlive a reset or restart, so the user is recreated from the claims.
-    return Caller(state.sign_in(email), claims.get("appid", ""), claims.get("scp", "").split())
-
-
-def _authorize(
-    request: Request,
-    accepted: tuple[str, ...],
-    *,
-    team_id: str | None = None,
-    channel_send: str | None = None,
-) -> Caller:
-    """Authenticate, check scopes, then spend the Teams rate-limit budget."""
-    caller = _authenticate(request)
-    if not any(scope in caller.scopes for scope in accepted):
-        raise errors.graph_missing_scope(accepted, caller.scopes)
-    state = emulator_state(request)
-    limits = state.config.throttling
-    checks = [(("tenant", caller.app_id), limits.tenant_requests_per_second)]
-    if team_id is not None:
-        checks.append((("team", caller.app_id, team_id.lower()), limits.team_requests_per_second))
-    if channel_send is not None:
-        checks.append(
-            (("send", caller.app_id, channel_send.lower()), limits.channel_messages_per_second)
-        )
-    retry_after = state.admit(checks)
-    if retry_after is not None:
-        raise errors.graph_throttled(retry_after)
-    return caller
-
-
-def _team(state: EmulatorState, caller: Caller, team_id: str) -> Team:
-    team = state.team(team_id)
+def _team(state: EmulatorState, caller: Caller, team_id: str) -> EmulatedTeam:
+    team = state.teams.team(team_id)
     if team is None:
         raise errors.graph_not_found(f"No team found with Group Id {team_id}")
-    if not state.is_member(team.id, caller.user.email):
+    if not state.teams.is_member(team.id, caller.user.email):
         raise errors.graph_forbidden(
             f"User {caller.user.oid} is not a member of team {team.id}; only members can access it."
         )
     return team
 
 
-def _channel(team: Team, channel_id: str) -> Channel:
+def _channel(team: EmulatedTeam, channel_id: str) -> EmulatedChannel:
     channel = team.channel(channel_id)
     if channel is None:
         raise errors.graph_not_found(f"Channel {channel_id} was not found in team {team.id}.")
     return channel
 
 
-def _root_message(state: EmulatorState, channel: Channel, message_id: str) -> StoredMessage:
-    message = state.message(channel.id, message_id)
+def _root_message(state: EmulatorState, channel: EmulatedChannel, message_id: str) -> StoredMessage:
+    message = state.teams.message(channel.id, message_id)
     if message is None:
         raise errors.graph_not_found(f"Message {message_id} was not found in the channel.")
     return message
@@ -156,7 +73,7 @@ def _q(value: str) -> str:
     return quote(value, safe="")
 
 
-def _team_json(team: Team, tenant_id: str, *, full: bool) -> dict[str, Any]:
+def _team_json(team: EmulatedTeam, tenant_id: str, *, full: bool) -> dict[str, Any]:
     general = team.channels[0].id
     body: dict[str, Any] = {
         "id": team.id,
@@ -202,7 +119,7 @@ def _team_json(team: Team, tenant_id: str, *, full: bool) -> dict[str, Any]:
     return body
 
 
-def _channel_json(channel: Channel, tenant_id: str) -> dict[str, Any]:
+def _channel_json(channel: EmulatedChannel, tenant_id: str) -> dict[str, Any]:
     return {
         "id": channel.id,
         "createdDateTime": channel.created,
@@ -229,7 +146,7 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
 
 @router.get("/me")
 async def me(request: Request) -> dict[str, Any]:
-    user = _authorize(request, READ_ME).user
+    user = authorize(request, READ_ME).user
     return {
         "@odata.context": _odata(request, "users/$entity"),
         "businessPhones": [],
@@ -248,11 +165,11 @@ async def me(request: Request) -> dict[str, Any]:
 
 @router.get("/me/joinedTeams")
 async def joined_teams(request: Request) -> dict[str, Any]:
-    caller = _authorize(request, READ_JOINED_TEAMS)
+    caller = authorize(request, READ_JOINED_TEAMS)
     state = emulator_state(request)
     return collection_page(
         request,
-        state.joined_teams(caller.user.email),
+        state.teams.joined_teams(caller.user.email),
         key=lambda team: team.id,
         render=lambda team: _team_json(team, state.tenant_id, full=False),
         context=_odata(request, "teams"),
@@ -262,7 +179,7 @@ async def joined_teams(request: Request) -> dict[str, Any]:
 
 @router.get("/teams/{team_id}")
 async def get_team(team_id: str, request: Request) -> dict[str, Any]:
-    caller = _authorize(request, READ_TEAM, team_id=team_id)
+    caller = authorize(request, READ_TEAM, team_id=team_id)
     state = emulator_state(request)
     team = _team(state, caller, team_id)
     return {
@@ -273,7 +190,7 @@ async def get_team(team_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/teams/{team_id}/channels")
 async def list_channels(team_id: str, request: Request) -> dict[str, Any]:
-    caller = _authorize(request, READ_CHANNELS, team_id=team_id)
+    caller = authorize(request, READ_CHANNELS, team_id=team_id)
     state = emulator_state(request)
     team = _team(state, caller, team_id)
     return collection_page(
@@ -288,7 +205,7 @@ async def list_channels(team_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/teams/{team_id}/channels/{channel_id}")
 async def get_channel(team_id: str, channel_id: str, request: Request) -> dict[str, Any]:
-    caller = _authorize(request, READ_CHANNELS, team_id=team_id)
+    caller = authorize(request, READ_CHANNELS, team_id=team_id)
     state = emulator_state(request)
     channel = _channel(_team(state, caller, team_id), channel_id)
     return {
@@ -299,12 +216,12 @@ async def get_channel(team_id: str, channel_id: str, request: Request) -> dict[s
 
 @router.get("/teams/{team_id}/channels/{channel_id}/messages")
 async def list_messages(team_id: str, channel_id: str, request: Request) -> dict[str, Any]:
-    caller = _authorize(request, READ_MESSAGES, team_id=team_id)
+    caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
     channel = _channel(_team(state, caller, team_id), channel_id)
     return collection_page(
         request,
-        list(reversed(state.messages(channel.id))),
+        list(reversed(state.teams.messages(channel.id))),
         key=lambda message: message.id,
         render=_message_json,
         context=_odata(
@@ -318,7 +235,7 @@ async def list_messages(team_id: str, channel_id: str, request: Request) -> dict
 async def _post_message(
     request: Request, team_id: str, channel_id: str, parent_id: str | None
 ) -> JSONResponse:
-    caller = _authorize(request, SEND_MESSAGES, team_id=team_id, channel_send=channel_id)
+    caller = authorize(request, SEND_MESSAGES, team_id=team_id, channel_send=channel_id)
     state = emulator_state(request)
     channel = _channel(_team(state, caller, team_id), channel_id)
     parent = _root_message(state, channel, parent_id) if parent_id else None
@@ -326,7 +243,7 @@ async def _post_message(
         payload = await request.json()
     except ValueError:
         payload = None
-    message_id = state.next_message_id()
+    message_id = state.teams.next_message_id()
     resource = build_chat_message(
         payload,
         message_id=message_id,
@@ -335,11 +252,12 @@ async def _post_message(
         reply_to_id=parent.id if parent else None,
         sender=caller.user,
         tenant_id=state.tenant_id,
+        now=state.now(),
     )
     path = f"teams('{channel.team_id}')/channels('{_q(channel.id)}')/messages"
     if parent:
         path += f"('{parent.id}')/replies"
-    state.add_message(
+    state.teams.add_message(
         StoredMessage(
             id=message_id,
             team_id=channel.team_id,
@@ -362,7 +280,7 @@ async def send_message(team_id: str, channel_id: str, request: Request) -> JSONR
 async def get_message(
     team_id: str, channel_id: str, message_id: str, request: Request
 ) -> dict[str, Any]:
-    caller = _authorize(request, READ_MESSAGES, team_id=team_id)
+    caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
     channel = _channel(_team(state, caller, team_id), channel_id)
     message = _root_message(state, channel, message_id)
@@ -374,7 +292,7 @@ async def get_message(
 async def list_replies(
     team_id: str, channel_id: str, message_id: str, request: Request
 ) -> dict[str, Any]:
-    caller = _authorize(request, READ_MESSAGES, team_id=team_id)
+    caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
     channel = _channel(_team(state, caller, team_id), channel_id)
     parent = _root_message(state, channel, message_id)
@@ -399,7 +317,7 @@ async def reply(team_id: str, channel_id: str, message_id: str, request: Request
 async def get_reply(
     team_id: str, channel_id: str, message_id: str, reply_id: str, request: Request
 ) -> dict[str, Any]:
-    caller = _authorize(request, READ_MESSAGES, team_id=team_id)
+    caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
     channel = _channel(_team(state, caller, team_id), channel_id)
     parent = _root_message(state, channel, message_id)
@@ -416,7 +334,7 @@ async def get_reply(
 @userinfo_router.get("/oidc/userinfo")
 async def userinfo(request: Request) -> dict[str, Any]:
     """The OIDC userinfo endpoint discovery publishes; Microsoft serves it from Graph's host."""
-    caller = _authenticate(request)
+    caller = authenticate(request)
     user = caller.user
     return {
         "sub": user.oid,

@@ -5,12 +5,15 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
+from tracecat.emulator.errors import AadError, GraphApiError
 from tracecat.emulator.state import EmulatorState
 
 
 def emulator_state(request: Request) -> EmulatorState:
-    return request.app.state.emulator
+    state: EmulatorState = request.app.state.emulator
+    return state
 
 
 def https_base(request: Request) -> str:
@@ -29,6 +32,12 @@ def graph_base(request: Request) -> str:
     return f"{https_base(request)}/v1.0"
 
 
+def raw_path(request: Request) -> str:
+    """The path exactly as the client sent it: still percent-encoded, dot segments kept."""
+    raw = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
+    return raw or request.url.path
+
+
 async def read_form(request: Request) -> dict[str, str]:
     """Parse an application/x-www-form-urlencoded body; the first value of a repeated key wins.
 
@@ -39,3 +48,17 @@ async def read_form(request: Request) -> dict[str, str]:
     for key, value in parse_qsl(body, keep_blank_values=True):
         form.setdefault(key, value)
     return form
+
+
+def aad_error_response(request: Request, err: AadError) -> JSONResponse:
+    now = emulator_state(request).clock.utcnow()
+    body = err.body(
+        https_base(request), request.state.request_id, request.state.client_request_id, now
+    )
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+def graph_error_response(request: Request, err: GraphApiError) -> JSONResponse:
+    now = emulator_state(request).clock.utcnow()
+    body = err.body(request.state.request_id, request.state.client_request_id, now)
+    return JSONResponse(body, status_code=err.status, headers=err.headers)

@@ -2,6 +2,8 @@
 
 Persisted on disk so tokens issued before a restart still validate after it.
 Like Microsoft's keys it carries a self-signed certificate (x5c) and kid == x5t.
+The certificate's validity is real time, not the emulator's clock: clients that
+look at it compare it with their own.
 """
 
 from __future__ import annotations
@@ -74,15 +76,38 @@ class SigningKey:
     def sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
 
-    def verify(self, token: str, audiences: list[str]) -> dict[str, Any]:
-        """Raise jwt.PyJWTError when the signature, audience or lifetime is wrong."""
-        return jwt.decode(
+    def verify(self, token: str, audiences: list[str], now: float) -> dict[str, Any]:
+        """Raise jwt.PyJWTError when the signature, audience or lifetime is wrong.
+
+        PyJWT would judge the lifetime by the real time; the emulator's clock (`now`)
+        may be ahead of it, so the time claims are checked here, as PyJWT checks them.
+        """
+        claims: dict[str, Any] = jwt.decode(
             token,
             self._public,
             algorithms=["RS256"],
             audience=audiences,
-            options={"require": ["exp", "iat", "aud"]},
+            options={
+                "require": ["exp", "iat", "aud"],
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
+        if _int_claim(claims, "iat", jwt.InvalidIssuedAtError) > now:
+            raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+        if "nbf" in claims and _int_claim(claims, "nbf", jwt.DecodeError) > now:
+            raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+        if _int_claim(claims, "exp", jwt.DecodeError) <= now:
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        return claims
+
+
+def _int_claim(claims: dict[str, Any], name: str, error: type[jwt.PyJWTError]) -> int:
+    try:
+        return int(claims[name])
+    except (ValueError, TypeError, OverflowError):
+        raise error(f"The {name} claim must be an integer.") from None
 
 
 def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:

@@ -1,5 +1,11 @@
 """Keeping the emulator's state in a JSON file, so a restarted emulator keeps its users signed in.
 
+The only place that knows the file's layout: `snapshot()` turns what must outlive a
+restart (users, grants, revocation marks, memberships, messages, apps, config) into
+plain JSON-ready data and `restore()` brings it back. Authorization codes, faults,
+counters and the clock offset are left out: codes live minutes and the rest only
+serves tests.
+
 Requests only bump the state's version; a background thread notices and writes a
 snapshot at most every FLUSH_INTERVAL_SECONDS, and once more on stop. The disk is
 never touched on the request path, except for removing the file on a reset.
@@ -10,15 +16,110 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from tracecat.emulator.config import EmulatorConfig
 from tracecat.emulator.files import write_private
+from tracecat.emulator.identity_store import (
+    AppRegistration,
+    DirectoryUser,
+    IssuedAccessToken,
+    RefreshGrant,
+)
 from tracecat.emulator.state import EmulatorState
+from tracecat.emulator.teams_store import StoredMessage
 
 logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_SECONDS = 0.5
 STATE_FILE = "state.json"
+# Bumped whenever the snapshot's layout changes; an older file is then ignored.
+SNAPSHOT_FORMAT = 1
+
+
+def snapshot(state: EmulatorState) -> tuple[int, dict[str, Any]]:
+    """The persistent part as plain JSON-ready data, with the version it reflects.
+
+    The result shares no mutable object with the live state (message resources
+    are never changed once stored), so it can be serialized outside the lock.
+    """
+    identity, teams = state.identity, state.teams
+    with state.lock:
+        data = {
+            "format": SNAPSHOT_FORMAT,
+            "config": state.config.to_dict(),
+            "apps": [app.public() for app in identity.apps.values()],
+            "users": [asdict(user) for user in identity.users.values()],
+            "refresh_tokens": [
+                {**asdict(grant), "scopes": list(grant.scopes)}
+                for grant in identity.refresh_grants.values()
+            ],
+            # Kept so revocation compares the exact issue time, not the whole-second iat.
+            "access_tokens": [asdict(record) for record in identity.access_tokens.values()],
+            "revoked_jtis": sorted(identity.revoked_jtis),
+            "members": {team: sorted(emails) for team, emails in teams.members.items()},
+            # In the order they were posted, so replies follow their root.
+            "messages": [
+                {
+                    "id": message.id,
+                    "team_id": message.team_id,
+                    "channel_id": message.channel_id,
+                    "reply_to_id": message.reply_to_id,
+                    "sender_email": message.sender_email,
+                    "resource": message.resource,
+                }
+                for message in teams.all_messages
+            ],
+            "last_message_ms": teams.last_message_ms,
+        }
+        return state.version, data
+
+
+def restore(state: EmulatorState, data: Any) -> None:
+    """Replace the persistent part with a snapshot() result.
+
+    Raise ValueError (or KeyError, TypeError, AttributeError) on a malformed snapshot, leaving
+    the state as it was: everything is parsed before anything is replaced.
+    """
+    if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError("not an emulator state snapshot of a known format")
+    config = EmulatorConfig().patched(data["config"])
+    apps: dict[str, AppRegistration] = {}
+    for fields_ in data["apps"]:
+        app = AppRegistration(**{**fields_, "scopes": tuple(fields_["scopes"])})
+        apps[app.client_id] = app
+    users = {u.email: u for u in (DirectoryUser(**fields_) for fields_ in data["users"])}
+    refresh: dict[str, RefreshGrant] = {}
+    for fields_ in data["refresh_tokens"]:
+        grant = RefreshGrant(**{**fields_, "scopes": tuple(fields_["scopes"])})
+        refresh[grant.token] = grant
+    access = {r.jti: r for r in (IssuedAccessToken(**f) for f in data["access_tokens"])}
+    revoked_jtis = {str(jti) for jti in data["revoked_jtis"]}
+    members: defaultdict[str, set[str]] = defaultdict(set)
+    for team_id, emails in data["members"].items():
+        members[team_id] = {str(email) for email in emails}
+    messages = [StoredMessage(**fields_) for fields_ in data["messages"]]
+    roots: set[tuple[str, str]] = set()
+    for message in messages:
+        if message.reply_to_id is None:
+            roots.add((message.channel_id, message.id))
+        elif (message.channel_id, message.reply_to_id) not in roots:
+            raise ValueError(f"reply {message.id} comes before its root message")
+    last_message_ms = int(data["last_message_ms"])
+    with state.lock:
+        state.clear()
+        state.replace_config(config)
+        identity = state.identity
+        identity.apps.update(apps)
+        identity.users = users
+        identity.refresh_grants = refresh
+        identity.access_tokens = access
+        identity.revoked_jtis = revoked_jtis
+        state.teams.load(members, messages, last_message_ms)
+        state.changed()
 
 
 class StatePersister:
@@ -45,7 +146,7 @@ class StatePersister:
             data = None
         if data is not None:
             try:
-                self.state.restore(data)
+                restore(self.state, data)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 logger.warning(
                     "Emulator state in %s is not usable, starting empty: %r", self.path, exc
@@ -75,7 +176,7 @@ class StatePersister:
         """Write a snapshot if the state changed since the last one; failures only warn."""
         if self.state.version <= self._saved_version:
             return
-        version, data = self.state.snapshot()
+        version, data = snapshot(self.state)
         # Serialized outside both locks: requests only wait for the snapshot itself.
         payload = json.dumps(data, separators=(",", ":")).encode()
         with self._file_lock:

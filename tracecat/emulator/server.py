@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 import uvicorn
+from fastapi import FastAPI
 
 from tracecat.emulator.app import create_emulator_app
 from tracecat.emulator.certs import ensure_certificates
@@ -51,6 +52,23 @@ def _url_host(host: str) -> str:
     if host in WILDCARD_HOSTS:
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+def _uvicorn_config(
+    app: FastAPI, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
+) -> uvicorn.Config:
+    # No logging set-up of its own: uvicorn's would reconfigure the host process' loggers
+    # (the app's access log shares the `uvicorn.access` logger).
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
 
 
 class EmulatorServer:
@@ -101,19 +119,8 @@ class EmulatorServer:
         self.state.http_base = self.http_url
 
         app = create_emulator_app(self.state)
-        # No logging set-up of its own: uvicorn's would reconfigure the host process' loggers
-        # (the app's access log shares the `uvicorn.access` logger).
-        common = {
-            "log_config": None,
-            "log_level": None,
-            "access_log": False,
-            "lifespan": "off",
-            "timeout_graceful_shutdown": 2,
-        }
-        https = uvicorn.Config(
-            app, ssl_certfile=str(certs.cert), ssl_keyfile=str(certs.key), **common
-        )
-        http = uvicorn.Config(app, **common)
+        https = _uvicorn_config(app, ssl_certfile=str(certs.cert), ssl_keyfile=str(certs.key))
+        http = _uvicorn_config(app)
         self._servers = [uvicorn.Server(https), uvicorn.Server(http)]
         self._error = None
         self._thread = threading.Thread(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from typing import Any
 
 from tracecat.emulator.constants import GRAPH_RESOURCE
 from tracecat.emulator.encoding import b64url
+from tracecat.emulator.identity_store import AppRegistration, DirectoryUser
 from tracecat.emulator.scopes import ScopeSet
-from tracecat.emulator.state import AppRegistration, EmulatorState, User
+from tracecat.emulator.state import EmulatorState
 
 ID_TOKEN_LIFETIME = 3600
 
@@ -20,13 +20,13 @@ def issuer(https_base: str, tenant_id: str) -> str:
     return f"{https_base}/{tenant_id}/v2.0"
 
 
-def client_info(user: User, tenant_id: str) -> str:
+def client_info(user: DirectoryUser, tenant_id: str) -> str:
     """What MSAL builds the account's home_account_id from (uid.utid)."""
     raw = json.dumps({"uid": user.oid, "utid": tenant_id}, separators=(",", ":")).encode()
     return b64url(raw)
 
 
-def pairwise_subject(user: User, audience: str) -> str:
+def pairwise_subject(user: DirectoryUser, audience: str) -> str:
     # Entra's `sub` is pairwise: stable per user and app, different across apps.
     digest = hashlib.sha256(f"{user.oid}/{audience}".encode()).digest()
     return b64url(digest)[:43]
@@ -36,7 +36,7 @@ def issue_token_response(
     state: EmulatorState,
     https_base: str,
     app: AppRegistration,
-    user: User,
+    user: DirectoryUser,
     scopes: ScopeSet,
     *,
     consented: tuple[str, ...],
@@ -45,7 +45,7 @@ def issue_token_response(
     include_refresh_token: bool,
     include_client_info: bool,
 ) -> dict[str, Any]:
-    now = time.time()
+    now = state.now()  # the emulator's clock, so a test that moved it gets tokens from then
     iat = int(now)
     lifetime = state.config.access_token_lifetime
     iss = issuer(https_base, state.tenant_id)
@@ -76,7 +76,7 @@ def issue_token_response(
         "appidacr": "1",
         "idtyp": "user",
     }
-    state.record_access_token(jti, user.email, app.client_id, now)
+    state.identity.record_access_token(jti, user.email, app.client_id, now)
     body: dict[str, Any] = {
         "token_type": "Bearer",
         "scope": granted,
@@ -85,7 +85,9 @@ def issue_token_response(
         "access_token": state.signing_key.sign(access_claims),
     }
     if include_refresh_token:
-        body["refresh_token"] = state.add_refresh_token(app.client_id, user.email, consented)
+        body["refresh_token"] = state.identity.add_refresh_token(
+            app.client_id, user.email, consented
+        )
     if include_id_token:
         id_claims: dict[str, Any] = {
             "aud": app.client_id,
