@@ -6,28 +6,30 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from tracecat.config import Settings, SettingsError, get_settings
+from tracecat.config import Settings, SettingsError, get_settings, redact_url, url_error_reason
 from tracecat.exceptions import TracecatError
 
 T = TypeVar("T")
 
-app = typer.Typer(
-    help="Per-user Microsoft Teams integrations over OAuth 2.0.", no_args_is_help=True
-)
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-users_app = typer.Typer(help="Users and their API keys.", no_args_is_help=True)
-keys_app = typer.Typer(help="Encryption keys for secrets at rest.", no_args_is_help=True)
+# Typer's rich tracebacks print every local variable by default in some versions: settings,
+# URLs and keys among them. A bug's traceback still shows, without them.
+_TYPER_OPTIONS: dict[str, Any] = {"no_args_is_help": True, "pretty_exceptions_show_locals": False}
+app = typer.Typer(help="Per-user Microsoft Teams integrations over OAuth 2.0.", **_TYPER_OPTIONS)
+db_app = typer.Typer(help="Database schema.", **_TYPER_OPTIONS)
+users_app = typer.Typer(help="Users and their API keys.", **_TYPER_OPTIONS)
+keys_app = typer.Typer(help="Encryption keys for secrets at rest.", **_TYPER_OPTIONS)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
+def _fail(message: str, code: int = 1) -> NoReturn:
+    # One line whatever the message holds (a driver's text may span several).
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
     raise typer.Exit(code)
 
 
@@ -36,16 +38,26 @@ def _settings() -> Settings:
         return get_settings()
     except SettingsError as exc:
         _fail(str(exc), 2)
-        raise
 
 
 def _with_database(operation: Callable[[Any], Awaitable[T]]) -> T:
-    """Bring the schema up to date, then run `operation(session)` and report errors in a line."""
+    """Bring the schema up to date, then run `operation(session)` and report errors in a line:
+    2 for configuration (settings, an unreachable database), 1 for what was asked."""
+    from sqlalchemy.exc import (
+        DBAPIError,
+        IntegrityError,
+        InterfaceError,
+        OperationalError,
+        SQLAlchemyError,
+    )
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
     from tracecat.db import Database, upgrade_schema
 
     settings = _settings()
+    url = settings.database_url_or_default
     try:
-        upgrade_schema(settings.database_url_or_default)
+        upgrade_schema(url)
 
         async def run() -> T:
             database = Database.from_settings(settings)
@@ -58,7 +70,35 @@ def _with_database(operation: Callable[[Any], Awaitable[T]]) -> T:
         return asyncio.run(run())
     except (SettingsError, TracecatError) as exc:
         _fail(str(exc), 2 if isinstance(exc, SettingsError) else 1)
-        raise
+    except IntegrityError as exc:
+        _fail(f"conflicts with what is stored: {url_error_reason(exc, url)}")
+    except (OperationalError, InterfaceError, PoolTimeoutError, OSError) as exc:
+        # The schema was just upgraded, so the database went away or turned us down.
+        _fail(f"DATABASE_URL: {redact_url(url)}: {url_error_reason(exc, url)}", 2)
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            _fail(f"DATABASE_URL: {redact_url(url)}: {url_error_reason(exc, url)}", 2)
+        # A value the database would not take (asyncpg's DataErrors arrive as DBAPIError).
+        _fail(f"the database refused the request: {url_error_reason(exc, url)}")
+    except SQLAlchemyError as exc:
+        _fail(f"the database refused the request: {url_error_reason(exc, url)}")
+
+
+def _check_redis(url: str) -> None:
+    """Fail at start, in one line, instead of on the first send (the pacer needs Redis)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    # ValueError: redis-py's URL parsing; its text may quote pieces of the URL.
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise SettingsError(
+            f"REDIS_URL: cannot use {redact_url(url)}: {url_error_reason(exc, url)}"
+        ) from None
 
 
 @app.command()
@@ -79,35 +119,37 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.tracecat_log_level)
-    server = None
+    # Every check that can fail runs before the emulator starts, so a failure is the only
+    # line on stderr (the emulator's server logs its own start and stop).
     try:
         Keyring.from_settings(settings)
-        if emulator:
-            from tracecat.emulator.server import EmulatorServer
-
-            server = EmulatorServer(settings.data_dir, persist=True)
-            server.start()
-            settings = settings.model_copy(
-                update={
-                    "microsoft_authority_host": server.authority_host,
-                    "microsoft_graph_url": server.graph_url,
-                    "microsoft_ca_bundle": server.ca_bundle,
-                    "microsoft_client_id": server.client_id,
-                    "microsoft_client_secret": server.client_secret,
-                }
-            )
-        else:
+        if not emulator:
             settings.require_microsoft_app()
-        public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        settings = settings.model_copy(
-            update={"microsoft_redirect_uri": settings.redirect_uri(public_host, port)}
-        )
         typer.echo("Bringing the database schema up to date ...")
         upgrade_schema(settings.database_url_or_default)
+        if settings.redis_url:
+            _check_redis(settings.redis_url)
     except SettingsError as exc:
-        if server:
-            server.stop()
         _fail(str(exc), 2)
+    server = None
+    if emulator:
+        from tracecat.emulator.server import EmulatorServer
+
+        server = EmulatorServer(settings.data_dir, persist=True)
+        server.start()
+        settings = settings.model_copy(
+            update={
+                "microsoft_authority_host": server.authority_host,
+                "microsoft_graph_url": server.graph_url,
+                "microsoft_ca_bundle": server.ca_bundle,
+                "microsoft_client_id": server.client_id,
+                "microsoft_client_secret": server.client_secret,
+            }
+        )
+    public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    settings = settings.model_copy(
+        update={"microsoft_redirect_uri": settings.redirect_uri(public_host, port)}
+    )
     where = f"http://{public_host}:{port}"
     if server:
         typer.echo(f"Microsoft emulator: login and Graph at {server.authority_host} (offline)")
@@ -150,8 +192,13 @@ def db_upgrade() -> None:
 @users_app.command("create")
 def users_create(email: str) -> None:
     """Create a user and print its API key (shown once; only its hash is stored)."""
-    from tracecat.auth.service import UserService
+    from tracecat.auth.service import UserService, normalize_email
 
+    # Checked before the database is opened: a bad address needs no schema upgrade.
+    try:
+        normalize_email(email)
+    except TracecatError as exc:
+        _fail(str(exc))
     issued = _with_database(lambda session: UserService(session).create_user(email))
     typer.echo("Keep this API key now: it is not shown again.", err=True)
     typer.echo(json.dumps(issued.as_json()))

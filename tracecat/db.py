@@ -6,6 +6,7 @@ drivers are this module's business.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -24,7 +25,15 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from tracecat.config import Settings, SettingsError
+from tracecat.config import (
+    DATABASE_SCHEMES,
+    DATABASE_URL_FORMS,
+    Settings,
+    SettingsError,
+    check_url,
+    redact_url,
+    url_error_reason,
+)
 from tracecat.crypto import get_keyring
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -74,20 +83,19 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def async_url(url: str) -> URL:
+    """The URL with its async driver; every engine is made from one, so no driver ever sees
+    a URL whose password it could misread (see config.check_url)."""
     try:
-        parsed = make_url(url)
-    except Exception:
-        raise SettingsError(
-            f"DATABASE_URL: cannot parse {url.split('@')[-1]!r}: "
-            "use sqlite:///path or postgresql://user@host:port/db"
-        ) from None
+        check_url(url, DATABASE_SCHEMES, DATABASE_URL_FORMS)
+    except ValueError as exc:
+        raise SettingsError(f"DATABASE_URL: {exc}") from None
+    try:
+        parsed = make_url(url.strip())
+    except Exception:  # whatever it is, its text may quote the URL
+        raise SettingsError(f"DATABASE_URL: cannot parse it: use {DATABASE_URL_FORMS}") from None
     backend = parsed.get_backend_name()
     if backend == "postgres":
         backend = "postgresql"
-    if backend not in _ASYNC_DRIVERS:
-        raise SettingsError(
-            f"DATABASE_URL: {backend!r} is not supported: use sqlite:/// or postgresql://"
-        )
     return parsed.set(drivername=_ASYNC_DRIVERS[backend])
 
 
@@ -179,20 +187,48 @@ class Database:
 
 
 def upgrade_schema(url: str) -> None:
-    """Alembic `upgrade head`; safe to call on every start."""
+    """Alembic `upgrade head`; safe to call on every start.
+
+    Raises SettingsError (one line, URL redacted) when the database cannot be opened or
+    migrated.
+    """
     from alembic import command
     from alembic.config import Config
 
+    asyncio.run(check_connection(url))
     config = Config()
     config.set_main_option("script_location", "tracecat:migrations")
     config.attributes["database_url"] = url
     try:
         command.upgrade(config, "head")
     except (SQLAlchemyError, OSError) as exc:
-        cause = getattr(exc, "orig", None) or exc
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        where = make_url(url).render_as_string(hide_password=True)
-        raise SettingsError(f"DATABASE_URL: cannot open {where}: {reason}") from None
+        raise SettingsError(
+            f"DATABASE_URL: cannot upgrade the schema of {redact_url(url)}: "
+            f"{url_error_reason(exc, url)}"
+        ) from None
+
+
+async def check_connection(url: str) -> None:
+    """Open one connection, so that a wrong DATABASE_URL is reported as such, in one line.
+
+    Any exception counts: a stray query parameter makes asyncpg raise TypeError, a bad host
+    OSError, a refused login an SQLAlchemy error; all of them are about the URL.
+    """
+    engine: AsyncEngine | None = None
+    try:
+        engine = create_engine(url, pool_size=1)  # makes an SQLite file's directory: OSError
+        # Connecting is enough (it logs in); a statement would take SQLite's write lock.
+        async with engine.connect():
+            pass
+    except SettingsError:
+        raise
+    except Exception as exc:  # reported below, in one line
+        raise SettingsError(
+            f"DATABASE_URL: cannot open {redact_url(url)}: {url_error_reason(exc, url)}"
+        ) from None
+    finally:
+        if engine is not None:
+            await engine.dispose()
 
 
 async def reencrypt_all(engine: AsyncEngine) -> int:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import InstrumentedAttribute, selectinload
 
 from tracecat.auth.models import ApiKey, User
 from tracecat.cache import NO_CACHE, ReadCache
@@ -58,10 +60,43 @@ async def authenticate(database: Database, api_key: str, cache: ReadCache = NO_C
     return principal
 
 
+def column_length(attribute: InstrumentedAttribute[Any]) -> int | None:
+    """The declared length of a model's string column (None if unbounded), so input is
+    checked against the schema itself: SQLite ignores lengths, PostgreSQL raises DataError."""
+    return getattr(attribute.property.columns[0].type, "length", None)
+
+
+# RFC 5321: an address in a mail path is at most 254 characters, its local part 64, a domain
+# label 63. The column may be wider; the tighter limit wins.
+EMAIL_MAX_LENGTH = min(254, column_length(User.email) or 254)
+_LOCAL_PART_MAX_LENGTH = 64
+# Characters a dot-atom local part may not hold (RFC 5322 specials; non-ASCII is RFC 6531).
+_LOCAL_PART = re.compile(r"[^\s\"(),:;<>@\[\\\]]+")
+# A domain label: letters or digits (any script, for IDNs), inner hyphens, at most 63.
+_LABEL = re.compile(r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?")
+
+
 def normalize_email(email: str) -> str:
+    """The address in lower case, or BadRequestError saying what is wrong with it (in one
+    line: an overlong input is not quoted back)."""
     email = email.strip().lower()
-    local, _, domain = email.partition("@")
-    if not local or "." not in domain or any(c.isspace() for c in email):
+    if len(email) > EMAIL_MAX_LENGTH:
+        raise BadRequestError(
+            f"email address is {len(email)} characters long: at most {EMAIL_MAX_LENGTH} allowed"
+        )
+    local, _, domain = email.rpartition("@")
+    labels = domain.split(".")
+    if (
+        not all(c.isprintable() for c in email)
+        or len(local) > _LOCAL_PART_MAX_LENGTH
+        or not _LOCAL_PART.fullmatch(local)
+        or local.startswith(".")
+        or local.endswith(".")
+        or ".." in local
+        or len(labels) < 2
+        or not all(_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
         raise BadRequestError(f"not an email address: {email!r}")
     return email
 
@@ -89,7 +124,10 @@ class UserService:
         return list(result)
 
     async def get_by_email(self, email: str) -> User:
-        user = await self.session.scalar(select(User).where(User.email == normalize_email(email)))
+        # Only case-folded, not validated: a user stored under older, looser rules must stay
+        # reachable (to rotate or delete), and a lookup cannot overflow a column.
+        email = email.strip().lower()
+        user = await self.session.scalar(select(User).where(User.email == email))
         if user is None:
             raise NotFoundError(f"no user with email {email}")
         return user
