@@ -7,6 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import Api
+from tests.utils.flows import connect
 from tests.utils.server import LiveServer
 from tracecat.app import create_app
 from tracecat.config import Settings
@@ -41,3 +43,25 @@ def test_unreachable_database_answers_503(backend: str, tmp_path: Path) -> None:
         assert httpx.get(f"{server.url}/healthz").status_code == 200
     finally:
         server.stop()
+
+
+def test_secrets_under_another_key_answer_503_not_500(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An instance started with the wrong TRACECAT_ENCRYPTION_KEYS: a clear 503, the fix in
+    the log, no token and no traceback in the answer."""
+    user = api.user("analyst@example.com")
+    with api.browser() as browser:
+        assert connect(browser, api.url, user, "alice@contoso.example").status_code == 200
+    with api.another_server(tracecat_encryption_keys=[generate_key()]) as other:
+        teams = httpx.get(f"{other}/auth/integrations/microsoft/teams", headers=user.headers)
+        assert teams.status_code == 503
+        assert teams.json() == {"detail": "stored secrets cannot be decrypted: see server log"}
+        # What needs no token still works: the status reads no secret.
+        status = httpx.get(f"{other}/auth/integrations/microsoft/status", headers=user.headers)
+        assert status.status_code == 200 and status.json()["status"] == "connected"
+    assert any("TRACECAT_ENCRYPTION_KEYS" in r.getMessage() for r in caplog.records)
+    # The app that holds the right key was not disturbed by the other one's keys.
+    with api.browser() as browser:
+        ok = browser.get("/auth/integrations/microsoft/teams", headers=user.headers)
+        assert ok.status_code == 200

@@ -16,7 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_ADMIN_URL, Api, truncate_all
+from tests.conftest import ENCRYPTION_KEY, POSTGRES_ADMIN_URL, Api, truncate_all
 from tests.test_config import DATABASE_URLS, REDIS_URLS, SECRET
 from tests.utils.flows import connect
 from tests.utils.server import CLI, clean_environment
@@ -346,3 +346,24 @@ def test_database_errors_are_one_line(
         code, line = _one_line_failure(overlong_prefix, capsys)
         assert code == 1 and line.startswith("error: the database refused the request: ")
         assert line.endswith("value too long for type character varying(16)")
+
+
+def test_users_delete_removes_the_user_keys_and_connections(api: Api) -> None:
+    user = api.user("leaver@example.com")
+    with api.browser() as browser:
+        assert connect(browser, api.url, user, "alice@contoso.example").status_code == 200
+    env = {
+        "DATABASE_URL": api.database_url,
+        "TRACECAT_DATA_DIR": str(api.settings.data_dir),
+        "TRACECAT_ENCRYPTION_KEYS": ENCRYPTION_KEY,
+    }
+    deleted = run_cli("users", "delete", "leaver@example.com", env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "Deleted leaver@example.com" in deleted.stdout
+    assert not _authenticates(api.database_url, user.api_key)
+    assert _raw_token_columns(api.database_url) == []  # the connection went with the user
+    listed = run_cli("users", "list", env=env)
+    assert "leaver@example.com" not in listed.stdout
+    again = run_cli("users", "delete", "leaver@example.com", env=env)
+    assert again.returncode == 1
+    assert again.stderr.count("\n") == 1 and "leaver@example.com" in again.stderr

@@ -16,8 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tracecat.auth.integrations.router import router as integrations_router
 from tracecat.config import Settings
-from tracecat.crypto import DecryptionError
-from tracecat.exceptions import TracecatError
+from tracecat.exceptions import DecryptionError, TracecatError
 from tracecat.logs import redact_access_log
 from tracecat.middleware import EdgeMiddleware
 from tracecat.resources import AppResources

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -254,19 +253,17 @@ def keys_generate() -> None:
 @keys_app.command("rotate")
 def keys_rotate() -> None:
     """Re-encrypt every stored secret with the first key of TRACECAT_ENCRYPTION_KEYS."""
-    from tracecat.crypto import DecryptionError, Keyring, set_keyring
+    from tracecat.crypto import Keyring
     from tracecat.db import reencrypt_all
 
     settings = _settings()
     if not settings.tracecat_encryption_keys:
         _fail("TRACECAT_ENCRYPTION_KEYS is not set: put the new key first, then the old ones", 2)
     try:
-        set_keyring(Keyring.from_settings(settings))
-        count = _with_database(lambda session: reencrypt_all(session.bind))
+        keyring = Keyring.from_settings(settings)
+        count = _with_database(lambda session: reencrypt_all(session.bind, keyring))
     except SettingsError as exc:
         _fail(str(exc), 2)
-    except DecryptionError as exc:
-        _fail(str(exc))
     typer.echo(f"Re-encrypted {count} secret(s) with the first key; older keys can now be removed.")
 
 
@@ -275,4 +272,4 @@ def main() -> None:  # pragma: no cover - for `python -m tracecat.cli`
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

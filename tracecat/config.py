@@ -21,6 +21,8 @@ import certifi
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tracecat.exceptions import SettingsError
+
 PLACEHOLDERS = {"", "changeme", "change-me", "your_client_id", "your_client_secret", "xxx"}
 
 DATABASE_URL_FORMS = "sqlite:///path or postgresql://user:password@host:port/db"
@@ -30,10 +32,6 @@ REDIS_URL_FORMS = (
 DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 HIDDEN = "***"
-
-
-class SettingsError(Exception):
-    """A setting is missing or wrong; the message names the variable and is one line."""
 
 
 class Settings(BaseSettings):

@@ -15,14 +15,11 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from tracecat.config import Settings, SettingsError, get_settings
+from tracecat.config import Settings
+from tracecat.exceptions import DecryptionError, SettingsError
 
 KEY_FILE = "encryption.key"
 API_KEY_PREFIX = "tci_"
-
-
-class DecryptionError(Exception):
-    """A stored secret cannot be decrypted with any configured key."""
 
 
 class Keyring:
@@ -78,22 +75,6 @@ def _key_from_file(data_dir: Path) -> str:
 
 def generate_key() -> str:
     return Fernet.generate_key().decode()
-
-
-_keyring: Keyring | None = None
-
-
-def get_keyring() -> Keyring:
-    """The process-wide ring used by the encrypted columns."""
-    global _keyring
-    if _keyring is None:
-        _keyring = Keyring.from_settings(get_settings())
-    return _keyring
-
-
-def set_keyring(keyring: Keyring | None) -> None:
-    global _keyring
-    _keyring = keyring
 
 
 def new_api_key() -> str:

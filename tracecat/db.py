@@ -34,7 +34,7 @@ from tracecat.config import (
     redact_url,
     url_error_reason,
 )
-from tracecat.crypto import get_keyring
+from tracecat.crypto import Keyring
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -50,17 +50,36 @@ class Base(DeclarativeBase):
     )
 
 
+# Where a Database leaves its keyring for the encrypted columns: a column type sees only the
+# dialect, and each engine has its own, so the keys travel with the Database, never globally.
+_KEYRING = "tracecat_keyring"
+
+
+def _attach_keyring(engine: Engine, keyring: Keyring | None) -> None:
+    setattr(engine.dialect, _KEYRING, keyring)
+
+
+def _keyring_of(dialect: object) -> Keyring:
+    keyring: Keyring | None = getattr(dialect, _KEYRING, None)
+    if keyring is None:
+        raise SettingsError(
+            "TRACECAT_ENCRYPTION_KEYS: this database was opened without encryption keys "
+            "(use Database.from_settings or pass keyring=)"
+        )
+    return keyring
+
+
 class EncryptedText(TypeDecorator[str]):
-    """Plaintext in Python, a Fernet token on disk, with the process keyring."""
+    """Plaintext in Python, a Fernet token on disk, with the keyring of the Database."""
 
     impl = LargeBinary
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect: object) -> bytes | None:
-        return None if value is None else get_keyring().encrypt(value)
+        return None if value is None else _keyring_of(dialect).encrypt(value)
 
     def process_result_value(self, value: bytes | None, dialect: object) -> str | None:
-        return None if value is None else get_keyring().decrypt(bytes(value))
+        return None if value is None else _keyring_of(dialect).decrypt(bytes(value))
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -146,12 +165,18 @@ def _sqlite_reader(engine: AsyncEngine) -> Engine:
 class Database:
     """One engine and session factory per process (or per app under test)."""
 
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, pool_size: int = 10, keyring: Keyring | None = None) -> None:
+        """`keyring` encrypts and decrypts the EncryptedText columns; without one, reading or
+        writing such a column is an error (the rest works)."""
         self.url = url
+        self.keyring = keyring
         self.engine = create_engine(url, pool_size)
+        _attach_keyring(self.engine.sync_engine, keyring)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite's hot reads skip aiosqlite's thread hops: see fetch_all.
         self._sqlite_reader = _sqlite_reader(self.engine) if is_sqlite(self.engine) else None
+        if self._sqlite_reader is not None:
+            _attach_keyring(self._sqlite_reader, keyring)
 
     async def fetch_all(
         self, query: Executable, params: dict[str, Any] | None = None
@@ -172,8 +197,12 @@ class Database:
             return (await connection.execute(query, params)).all()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Database:
-        return cls(settings.database_url_or_default, settings.tracecat_database_pool_size)
+    def from_settings(cls, settings: Settings, keyring: Keyring | None = None) -> Database:
+        return cls(
+            settings.database_url_or_default,
+            settings.tracecat_database_pool_size,
+            keyring or Keyring.from_settings(settings),
+        )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -231,7 +260,7 @@ async def check_connection(url: str) -> None:
             await engine.dispose()
 
 
-async def reencrypt_all(engine: AsyncEngine) -> int:
+async def reencrypt_all(engine: AsyncEngine, keyring: Keyring) -> int:
     """Re-encrypt every EncryptedText value under the keyring's first key, in one transaction.
 
     Works on the raw ciphertext, table by table, so it needs no knowledge of the models.
@@ -239,7 +268,6 @@ async def reencrypt_all(engine: AsyncEngine) -> int:
     from sqlalchemy import LargeBinary as Raw
     from sqlalchemy import column, select, table, update
 
-    keyring = get_keyring()
     count = 0
     async with engine.begin() as connection:
         for model_table in Base.metadata.sorted_tables:

@@ -10,6 +10,8 @@ TracecatError
 ├── NotFoundError                 404  unknown user, team, ...
 │   └── NotConnectedError         404  no Microsoft connection: how to make one
 ├── ConflictError                 409
+├── SettingsError                 500  a setting is missing or wrong (one line naming it)
+├── DecryptionError               503  a stored secret cannot be decrypted with the keys given
 ├── UpstreamError                 502  Microsoft answered something we cannot use
 ├── ProviderUnavailableError      503  Microsoft is unreachable or failing for now (Retry-After)
 │   └── TransientProviderError    503  Microsoft's login failed for now; the grant is intact
@@ -78,6 +80,18 @@ class NotConnectedError(NotFoundError):
 
 class ConflictError(TracecatError):
     status_code = 409
+
+
+class SettingsError(TracecatError):
+    """A setting is missing or wrong; the message names the variable and is one line (the
+    command line prints it and exits 2)."""
+
+
+class DecryptionError(TracecatError):
+    """A stored secret cannot be decrypted with any configured key. Over HTTP the detail only
+    says so; the server log names the fix (the message)."""
+
+    status_code = 503
 
 
 class UpstreamError(TracecatError):

@@ -1,8 +1,9 @@
 """What a running app owns: opened once by its lifespan, closed by it, nothing global.
 
-The database (with its keyring), the read cache, the Graph connection pool and send pacer,
-the MSAL provider, the integration service built on them, and the background jobs. A new
-capability adds its parts here, so shutdown closes everything in one place.
+The database (with its keyring: there is no process-wide one), the read cache, the Graph
+connection pool and send pacer, the MSAL provider, the integration service built on them, and
+the background jobs. A new capability adds its parts here, so shutdown closes everything in
+one place.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.cache import ReadCache
 from tracecat.config import Settings
-from tracecat.crypto import Keyring, set_keyring
+from tracecat.crypto import Keyring
 from tracecat.db import Database
 from tracecat.graph.pacing import pacer_from_settings
 from tracecat.graph.transport import GraphPool
@@ -22,8 +23,7 @@ class AppResources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keyring = Keyring.from_settings(settings)
-        set_keyring(self.keyring)
-        self.database = Database.from_settings(settings)
+        self.database = Database.from_settings(settings, self.keyring)
         self.cache = ReadCache(settings.tracecat_cache_seconds)
         self.graph_pool = GraphPool(settings)
         # One budget for every send of this app (in Redis, shared by instances, if REDIS_URL).

@@ -6,9 +6,9 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import CursorResult, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, selectinload
@@ -158,9 +158,13 @@ class UserService:
         return IssuedKey(user=user, api_key=api_key)
 
     async def _revoke_keys(self, user: User) -> int:
-        result = await self.session.execute(
-            update(ApiKey)
-            .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(UTC))
+        # An UPDATE answers with a cursor result, which carries the row count.
+        result = cast(
+            CursorResult[Any],
+            await self.session.execute(
+                update(ApiKey)
+                .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            ),
         )
         return result.rowcount or 0
