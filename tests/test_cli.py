@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,25 +16,50 @@ import typer
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
 
 from tests.conftest import ENCRYPTION_KEY, POSTGRES_ADMIN_URL, Api, truncate_all
 from tests.test_config import DATABASE_URLS, REDIS_URLS, SECRET
 from tests.utils.flows import connect
 from tests.utils.server import CLI, clean_environment
+from tests.utils.server import OWN_VARIABLES as OWN
 from tracecat.auth.models import ApiKey
 from tracecat.auth.service import UserService, authenticate, normalize_email
 from tracecat.cli import _with_database
+from tracecat.cli import app as cli_app
 from tracecat.config import get_settings
 from tracecat.db import Database
 from tracecat.exceptions import AuthenticationError, BadRequestError
+
+# `serve` and `emulator` set up logging and start servers: they run as the real program.
+# Every other command runs in this process through Click's runner, with the same environment
+# and the same stdout/stderr split, because a fresh interpreter costs about a second and this
+# file runs dozens of commands.
+_SUBPROCESS_COMMANDS = ("serve", "emulator")
 
 
 def run_cli(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CLI, *args], env=clean_environment(**env), capture_output=True, text=True, timeout=timeout
-    )
+    if args[0] in _SUBPROCESS_COMMANDS:
+        return subprocess.run(
+            [CLI, *args],
+            env=clean_environment(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    # Only what the test gives: the machine's own settings are unset, as clean_environment does.
+    unset: dict[str, str | None] = {name: None for name in os.environ if name.startswith(OWN)}
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli_app, list(args), env={**unset, **env})
+    finally:
+        get_settings.cache_clear()
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        # A real run would have printed a traceback: that is a failure, never "one line".
+        raise result.exception
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture

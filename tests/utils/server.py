@@ -58,11 +58,11 @@ CONTROL_HEADERS = {"Content-Type": "application/json"}
 
 CLI = str(Path(sys.executable).parent / "tracecat-integrations")
 # Settings the test machine may have: a served process gets only what a test gives it.
-_OWN_VARIABLES = ("MICROSOFT_", "TRACECAT_", "DATABASE_URL", "REDIS_URL")
+OWN_VARIABLES = ("MICROSOFT_", "TRACECAT_", "DATABASE_URL", "REDIS_URL")
 
 
 def clean_environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_VARIABLES)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
     return {**env, **extra}
 
 
