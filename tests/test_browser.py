@@ -50,7 +50,7 @@ def test_newcomer_connects_from_the_page(
     emulator_service: tuple[str, dict[str, str]], page: Page
 ) -> None:
     url, env = emulator_service
-    created = run_cli("users", "create", "newcomer@example.com", env=env)
+    created = run_cli("users", "create", "newcomer@example.com", env=env, process=True)
     api_key = json.loads(created.stdout.strip().splitlines()[-1])["api_key"]
 
     page.goto(f"{url}/")
@@ -99,7 +99,7 @@ def test_newcomer_connects_from_the_page(
 
 
 def _api_key(env: dict[str, str], email: str) -> str:
-    created = run_cli("users", "create", email, env=env)
+    created = run_cli("users", "create", email, env=env, process=True)
     return json.loads(created.stdout.strip().splitlines()[-1])["api_key"]
 
 
@@ -140,7 +140,7 @@ def test_cancel_on_the_sign_in_page_comes_back_as_a_page(
 
 def test_restarting_serve_emulator_keeps_users_connected(tmp_path: Path) -> None:
     env = {"TRACECAT_DATA_DIR": str(tmp_path / "data")}
-    created = run_cli("users", "create", "returning@example.com", env=env)
+    created = run_cli("users", "create", "returning@example.com", env=env, process=True)
     user = ApiUser(**json.loads(created.stdout.splitlines()[-1]))
     headers = user.headers
     first = ServeProcess(env, "--emulator").wait_ready()

@@ -39,9 +39,10 @@ _SUBPROCESS_COMMANDS = ("serve", "emulator")
 
 
 def run_cli(
-    *args: str, env: dict[str, str], timeout: float = 60
+    *args: str, env: dict[str, str], timeout: float = 60, process: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    if args[0] in _SUBPROCESS_COMMANDS:
+    """`process=True` forces a real process (from inside another event loop, e.g. Playwright)."""
+    if process or args[0] in _SUBPROCESS_COMMANDS:
         return subprocess.run(
             [CLI, *args],
             env=clean_environment(**env),

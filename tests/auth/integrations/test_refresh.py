@@ -1,9 +1,13 @@
 """Tokens that never go stale: refresh on use, the sweeper, single flight across processes,
-and the failure states, against the emulator as a real server on both databases."""
+and the failure states, against the emulator as a real server on both databases.
+
+Nothing here waits for a token to expire: `let_time_pass` moves the emulator's clock and the
+stored expiry instead. Sweeps run one pass at a time, but for one test of the live sweeper.
+"""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -13,10 +17,16 @@ import pytest
 
 from tests.conftest import ENCRYPTION_KEY, Api
 from tests.utils.flows import ApiUser, connect
+from tests.utils.polling import eventually
 from tests.utils.server import ServeProcess
+from tests.utils.time_travel import let_time_pass
+from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
+from tracecat.auth.integrations.service import IntegrationService
+from tracecat.db import Database
 
 BASE = "/auth/integrations/microsoft"
 MS_USER = "alice@contoso.example"
+HOUR = 3600
 
 
 def status(api: Api, user: ApiUser, base_url: str | None = None) -> dict:
@@ -126,11 +136,9 @@ def test_outage_with_a_valid_token_breaks_nothing(api: Api, fault: dict) -> None
 
 def test_outage_with_an_expired_token_answers_503_and_recovers(api: Api) -> None:
     user = api.user("analyst@example.com")
-    api.control("PATCH", "/config", json={"access_token_lifetime": 1})
     with httpx.Client() as browser:
         assert connect(browser, api.url, user, MS_USER).status_code == 200
-    api.control("PATCH", "/config", json={"access_token_lifetime": 3599})
-    time.sleep(1.2)
+    let_time_pass(api, HOUR)  # the token (3599 s) has expired, for us and for Graph
     api.control("POST", "/faults", json={"target": "token", "status": 503, "count": 100})
     response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
     assert response.status_code == 503
@@ -154,22 +162,57 @@ def test_metrics_count_refreshes(api: Api) -> None:
     assert user.api_key not in metrics
 
 
+def sweep(api: Api) -> int:
+    """One pass of the token sweep, as the app's background job runs it, on the app's
+    database and settings; returns how many grants were due."""
+
+    async def one_pass() -> int:
+        database = Database.from_settings(api.settings)
+        provider = MicrosoftOAuthProvider(api.settings)
+        try:
+            return await IntegrationService(database, api.settings, provider).refresh_due()
+        finally:
+            provider.close()
+            await database.dispose()
+
+    return asyncio.run(one_pass())
+
+
+def test_sweep_refreshes_idle_tokens_and_leaves_fresh_ones(api: Api) -> None:
+    user = connect_inside_margin(api)
+    assert sweep(api) == 1
+    assert api.refresh_outcomes() == {"success": 1}
+    current = status(api, user)
+    assert datetime.fromisoformat(current["expires_at"]) > datetime.now(UTC) + timedelta(minutes=50)
+    assert sweep(api) == 0  # further sweeps leave a fresh token alone
+    assert api.refreshes() == 1
+
+
+def test_sweep_leaves_revoked_grants_to_the_user(api: Api) -> None:
+    """A revoked grant is recorded as such, without failing the sweep; later passes do not
+    ask Microsoft again (only the user reconnecting can help)."""
+    user = connect_inside_margin(api)
+    api.control("POST", f"/users/{MS_USER}/revoke")
+    assert sweep(api) == 1
+    assert status(api, user)["status"] == "reauthorization_required"
+    count = api.refreshes()
+    assert sweep(api) == 0
+    assert api.refreshes() == count
+
+
 @pytest.fixture
 def sweeping_server(api: Api) -> Iterator[str]:
     with api.another_server(tracecat_refresh_interval_seconds=1) as url:
         yield url
 
 
-def test_sweeper_refreshes_idle_tokens(api: Api, sweeping_server: str) -> None:
+def test_live_server_sweeps_in_the_background(api: Api, sweeping_server: str) -> None:
+    # Nothing but the server's own job (every second) calls Microsoft here.
     user = connect_inside_margin(api, sweeping_server)
-    deadline = time.monotonic() + 10
-    while api.refreshes() == 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    eventually(api.refreshes, timeout=30)
     assert api.refresh_outcomes() == {"success": 1}
     current = status(api, user)
     assert datetime.fromisoformat(current["expires_at"]) > datetime.now(UTC) + timedelta(minutes=50)
-    time.sleep(1.5)  # further sweeps leave a fresh token alone
-    assert api.refreshes() == 1
 
 
 @pytest.fixture
@@ -215,19 +258,16 @@ def test_stampede_across_processes_refreshes_once(
 def test_wrong_client_secret_is_reported_and_the_grant_kept(api: Api) -> None:
     """Our own misconfiguration is not the user's fault: the grant is kept, a still-valid
     token is used, and once it has expired the answer names the setting to fix."""
-    user = api.user("analyst@example.com")
-    api.control("PATCH", "/config", json={"access_token_lifetime": 2})
-    with api.browser() as browser:
-        assert connect(browser, api.url, user, MS_USER).status_code == 200
+    user = connect_inside_margin(api)  # valid, but due for a refresh
     with api.another_server(microsoft_client_secret="not-the-secret") as url:
+        # The refresh is refused; the token still works and is used.
         assert httpx.get(f"{url}{BASE}/teams", headers=user.headers).status_code == 200
-        time.sleep(2.2)
+        let_time_pass(api, 300)  # past the token's 200 s
         expired = httpx.get(f"{url}{BASE}/teams", headers=user.headers)
     assert expired.status_code == 502
     assert "MICROSOFT_CLIENT_SECRET" in expired.json()["detail"]
     current = status(api, user)
-    assert current["status"] == "expired" and current["refresh_failures"] >= 1
-    api.control("PATCH", "/config", json={"access_token_lifetime": 3599})
+    assert current["status"] == "expired" and current["refresh_failures"] >= 2
     # The right secret renews the same grant: no reconnect was needed.
     assert httpx.get(f"{api.url}{BASE}/teams", headers=user.headers).status_code == 200
     assert status(api, user)["status"] == "connected"
