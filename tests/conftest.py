@@ -20,7 +20,9 @@ from sqlalchemy import text
 
 from tests.utils.flows import ApiUser, create_user
 from tests.utils.server import CONTROL_HEADERS, LiveServer, free_port
+from tests.utils.time_travel import MovableClock
 from tracecat.app import create_app
+from tracecat.clock import Clock
 from tracecat.config import Settings
 from tracecat.crypto import generate_key
 from tracecat.db import Base, Database, upgrade_schema
@@ -89,12 +91,15 @@ def make_settings(
 
 @dataclass
 class Api:
-    """A running app on one database, with the emulator it talks to."""
+    """A running app on one database, with the emulator it talks to and the app's clock
+    (moved by `let_time_pass`; the refresher's retry pauses are recorded in `clock.pauses`
+    instead of waited out)."""
 
     url: str
     database_url: str
     settings: Settings
     emulator: EmulatorServer
+    clock: MovableClock
 
     def user(self, email: str) -> ApiUser:
         return create_user(self.database_url, email)
@@ -119,12 +124,14 @@ class Api:
         return sum(self.refresh_outcomes().values())
 
     @contextmanager
-    def another_server(self, **settings: object) -> Iterator[str]:
-        """A second app on the same database and emulator, with some settings changed."""
+    def another_server(self, *, clock: Clock | None = None, **settings: object) -> Iterator[str]:
+        """A second app on the same database and emulator, with some settings changed; on
+        the same clock unless given another."""
         port = free_port()
         data_dir = self.settings.tracecat_data_dir
         changed = make_settings(self.emulator, self.database_url, data_dir, port, **settings)
-        server = LiveServer(create_app(changed), port=port).start()
+        app = create_app(changed, clock=clock or self.clock)
+        server = LiveServer(app, port=port).start()
         try:
             yield server.url
         finally:
@@ -138,8 +145,9 @@ def api_server(
     upgrade_schema(database_url)
     port = free_port()
     settings = make_settings(emulator, database_url, tmp_path_factory.mktemp("data"), port)
-    server = LiveServer(create_app(settings), port=port).start()
-    yield Api(server.url, database_url, settings, emulator)
+    clock = MovableClock()
+    server = LiveServer(create_app(settings, clock=clock), port=port).start()
+    yield Api(server.url, database_url, settings, emulator, clock)
     server.stop()
 
 
@@ -156,4 +164,5 @@ def truncate_all(database_url: str) -> None:
 def api(api_server: Api) -> Iterator[Api]:
     yield api_server
     truncate_all(api_server.database_url)
-    api_server.control("POST", "/reset")
+    api_server.control("POST", "/reset")  # the emulator's clock included
+    api_server.clock.reset()

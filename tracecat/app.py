@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tracecat.auth.integrations.router import router as integrations_router
+from tracecat.clock import SYSTEM_CLOCK, Clock
 from tracecat.config import Settings
 from tracecat.exceptions import DecryptionError, TracecatError
 from tracecat.logs import redact_access_log
@@ -25,13 +26,14 @@ from tracecat.web.pages import Pages, static_files
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the app; `settings.microsoft_redirect_uri` should already be resolved."""
+def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+    """Build the app; `settings.microsoft_redirect_uri` should already be resolved. `clock`
+    is what "now" is for the tokens and how refresh retries pause (tests inject one)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redact_access_log()
-        resources = AppResources(settings)
+        resources = AppResources(settings, clock)
         app.state.resources = resources
         resources.start()
         try:

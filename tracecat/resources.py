@@ -1,9 +1,9 @@
 """What a running app owns: opened once by its lifespan, closed by it, nothing global.
 
 The database (with its keyring: there is no process-wide one), the read cache, the Graph
-connection pool and send pacer, the MSAL provider, the integration service built on them, and
-the background jobs. A new capability adds its parts here, so shutdown closes everything in
-one place.
+connection pool and send pacer, the MSAL provider, the integration service built on them (on
+the app's clock: tests inject one), and the background jobs. A new capability adds its parts
+here, so shutdown closes everything in one place.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.cache import ReadCache
+from tracecat.clock import SYSTEM_CLOCK, Clock
 from tracecat.config import Settings
 from tracecat.crypto import Keyring
 from tracecat.db import Database
@@ -20,8 +21,9 @@ from tracecat.jobs import Job, JobRunner
 
 
 class AppResources:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self.clock = clock
         self.keyring = Keyring.from_settings(settings)
         self.database = Database.from_settings(settings, self.keyring)
         self.cache = ReadCache(settings.tracecat_cache_seconds)
@@ -36,6 +38,7 @@ class AppResources:
             self.cache,
             graph_pool=self.graph_pool,
             pacer=self.pacer,
+            clock=clock,
         )
         self.jobs = JobRunner()
         if settings.tracecat_refresh_interval_seconds > 0:

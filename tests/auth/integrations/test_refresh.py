@@ -1,8 +1,9 @@
 """Tokens that never go stale: refresh on use, the sweeper, single flight across processes,
 and the failure states, against the emulator as a real server on both databases.
 
-Nothing here waits for a token to expire: `let_time_pass` moves the emulator's clock and the
-stored expiry instead. Sweeps run one pass at a time, but for one test of the live sweeper.
+Nothing here waits: `let_time_pass` moves the emulator's clock and the app's (`api.clock`),
+and the refresher's retry pauses are recorded on that clock instead of slept. Sweeps run one
+pass at a time, but for one test of the live sweeper.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.conftest import ENCRYPTION_KEY, Api
 from tests.utils.flows import ApiUser, connect
 from tests.utils.polling import eventually
 from tests.utils.server import ServeProcess
-from tests.utils.time_travel import let_time_pass
+from tests.utils.time_travel import MovableClock, let_time_pass
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.db import Database
@@ -27,6 +28,9 @@ from tracecat.db import Database
 BASE = "/auth/integrations/microsoft"
 MS_USER = "alice@contoso.example"
 HOUR = 3600
+# The refresher's pauses between its three attempts at a refresh Microsoft answers with an
+# outage (REFRESH_RETRY_DELAYS).
+RETRY_PAUSES = [0.5, 1.5]
 
 
 def status(api: Api, user: ApiUser, base_url: str | None = None) -> dict:
@@ -121,6 +125,7 @@ def test_outage_with_a_valid_token_breaks_nothing(api: Api, fault: dict) -> None
     api.control("POST", "/faults", json={"target": "token", "count": 100, **fault})
     response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
     assert response.status_code == 200
+    assert api.clock.pauses == RETRY_PAUSES  # three attempts, with the pauses between them
     current = status(api, user)
     assert current["status"] == "connected" and current["refresh_failures"] >= 1
     assert api.refresh_outcomes().get("success", 0) == 0  # it really was refused
@@ -142,6 +147,7 @@ def test_outage_with_an_expired_token_answers_503_and_recovers(api: Api) -> None
     api.control("POST", "/faults", json={"target": "token", "status": 503, "count": 100})
     response = httpx.get(f"{api.url}{BASE}/teams", headers=user.headers)
     assert response.status_code == 503
+    assert api.clock.pauses == RETRY_PAUSES
     assert int(response.headers["Retry-After"]) > 0
     assert "retry later" in response.json()["detail"]
     current = status(api, user)
@@ -162,15 +168,17 @@ def test_metrics_count_refreshes(api: Api) -> None:
     assert user.api_key not in metrics
 
 
-def sweep(api: Api) -> int:
+def sweep(api: Api, clock: MovableClock | None = None) -> int:
     """One pass of the token sweep, as the app's background job runs it, on the app's
-    database and settings; returns how many grants were due."""
+    database and settings and on `clock` (by default the app's); returns how many grants
+    were due."""
 
     async def one_pass() -> int:
         database = Database.from_settings(api.settings)
         provider = MicrosoftOAuthProvider(api.settings)
+        service = IntegrationService(database, api.settings, provider, clock=clock or api.clock)
         try:
-            return await IntegrationService(database, api.settings, provider).refresh_due()
+            return await service.refresh_due()
         finally:
             provider.close()
             await database.dispose()
@@ -186,6 +194,26 @@ def test_sweep_refreshes_idle_tokens_and_leaves_fresh_ones(api: Api) -> None:
     assert datetime.fromisoformat(current["expires_at"]) > datetime.now(UTC) + timedelta(minutes=50)
     assert sweep(api) == 0  # further sweeps leave a fresh token alone
     assert api.refreshes() == 1
+
+
+def test_sweep_on_a_later_clock_refreshes_what_it_finds_due(api: Api) -> None:
+    """The sweep picks grants by its clock and the refresh it starts judges them by the same
+    clock: a token due then is refreshed, not handed back as still fresh."""
+    user = api.user("analyst@example.com")
+    with httpx.Client() as browser:
+        assert connect(browser, api.url, user, MS_USER).status_code == 200  # 3599 s
+    assert sweep(api) == 0  # an hour-long token is not due now
+    later = MovableClock()
+    later.advance(HOUR - 200)  # 199 s left: inside the 300 s margin
+    assert sweep(api, later) == 1
+    assert api.refresh_outcomes() == {"success": 1}  # really refreshed, not "reused"
+    current = status(api, user)
+    expires_at = datetime.fromisoformat(current["expires_at"])
+    # Stamped on the sweep's clock: an hour from its "now", not from the real time.
+    assert expires_at > later.now() + timedelta(minutes=50)
+    refreshed_at = datetime.fromisoformat(current["last_refreshed_at"])
+    assert abs(refreshed_at - later.now()) < timedelta(minutes=1)
+    assert sweep(api, later) == 0  # and, on that clock, it is fresh again
 
 
 def test_sweep_leaves_revoked_grants_to_the_user(api: Api) -> None:

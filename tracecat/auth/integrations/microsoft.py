@@ -13,7 +13,6 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -71,12 +70,13 @@ class _NoTokenCache(msal.TokenCache):
 class TokenResult:
     access_token: str
     refresh_token: str | None
-    expires_at: datetime
+    # Seconds from now, as Microsoft said: the expiry is stamped on the app's clock when stored.
+    expires_in: int
     scope: str
     account: dict[str, str | None] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks and logs
-        return f"TokenResult(expires_at={self.expires_at.isoformat()}, scope={self.scope!r})"
+        return f"TokenResult(expires_in={self.expires_in}, scope={self.scope!r})"
 
     @classmethod
     def from_msal(cls, result: dict[str, Any], requested: list[str]) -> TokenResult:
@@ -92,7 +92,7 @@ class TokenResult:
         return cls(
             access_token=result["access_token"],
             refresh_token=result.get("refresh_token"),
-            expires_at=datetime.now(UTC) + timedelta(seconds=int(result.get("expires_in", 3600))),
+            expires_in=int(result.get("expires_in", 3600)),
             # OAuth 2.0: an omitted scope means the requested scope was granted.
             scope=str(result.get("scope") or " ".join(requested)),
             account={k: v for k, v in account.items() if v},

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -12,6 +12,7 @@ from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tracecat.auth.models import utcnow
+from tracecat.clock import SYSTEM_CLOCK, Clock
 from tracecat.db import Base, EncryptedText, UTCDateTime
 
 MICROSOFT_TEAMS = "microsoft-teams"
@@ -20,27 +21,36 @@ OAUTH_STATE_LIFETIME = timedelta(minutes=10)
 
 class TokenLifetime:
     """Expiry arithmetic shared by the table row and its token-free and cached reads; the
-    class using it has `expires_at` and `last_refreshed_at`."""
+    class using it has `expires_at` and `last_refreshed_at`.
+
+    Every check takes the time it judges at: the app passes its clock's `now()`, so a sweep,
+    a refresh and the status it reports agree on what "now" is.
+    """
 
     expires_at: datetime | None
     last_refreshed_at: datetime | None
 
     @property
     def is_expired(self) -> bool:
-        return self.needs_refresh(0)
+        """Expired by the system clock: for scripts (`integration.is_expired`, as in the
+        README); the app uses `is_expired_at(clock.now())`."""
+        return self.is_expired_at(SYSTEM_CLOCK.now())
 
-    def needs_refresh(self, margin_seconds: float) -> bool:
-        """Expired, or will be within `margin_seconds`."""
+    def is_expired_at(self, now: datetime) -> bool:
+        return self.needs_refresh(0, now)
+
+    def needs_refresh(self, margin_seconds: float, now: datetime) -> bool:
+        """Expired at `now`, or will be within `margin_seconds` of it."""
         return self.expires_at is not None and (
-            datetime.now(UTC) + timedelta(seconds=margin_seconds) >= self.expires_at
+            now + timedelta(seconds=margin_seconds) >= self.expires_at
         )
 
-    def just_refreshed(self, seconds: float) -> bool:
-        """Refreshed (not merely connected) within `seconds`, and still valid."""
+    def just_refreshed(self, seconds: float, now: datetime) -> bool:
+        """Refreshed (not merely connected) within `seconds` before `now`, and still valid."""
         return (
             self.last_refreshed_at is not None
-            and datetime.now(UTC) - self.last_refreshed_at < timedelta(seconds=seconds)
-            and not self.is_expired
+            and now - self.last_refreshed_at < timedelta(seconds=seconds)
+            and not self.is_expired_at(now)
         )
 
 
@@ -73,9 +83,8 @@ class OAuthState(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-    @property
-    def is_expired(self) -> bool:
-        return datetime.now(UTC) >= self.expires_at
+    def is_expired_at(self, now: datetime) -> bool:
+        return now >= self.expires_at
 
 
 class UserIntegration(TokenLifetime, Base):
@@ -117,10 +126,13 @@ class IntegrationView(TokenLifetime):
     has_refresh_token: bool
     last_refreshed_at: datetime | None
     refresh_failures: int
+    # What "now" is for `is_expired` and `public_status`: the clock of the app that read it.
+    clock: Clock = field(default=SYSTEM_CLOCK, kw_only=True, repr=False, compare=False)
 
     @classmethod
     def columns(cls) -> tuple[Any, ...]:
-        """The SELECT list, in field order, so a read never decrypts a token."""
+        """The SELECT list, in field order (all but `clock`), so a read never decrypts a
+        token."""
         c = UserIntegration
         return (
             c.provider,
@@ -132,6 +144,10 @@ class IntegrationView(TokenLifetime):
             c.last_refreshed_at,
             c.refresh_failures,
         )
+
+    @property
+    def is_expired(self) -> bool:
+        return self.is_expired_at(self.clock.now())
 
     @property
     def public_status(self) -> IntegrationStatus:

@@ -18,8 +18,8 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from anyio import to_thread
 from sqlalchemy import bindparam, select
@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider, TokenResult
 from tracecat.auth.integrations.models import GrantState, UserIntegration
 from tracecat.cache import ReadCache
+from tracecat.clock import SYSTEM_CLOCK, Clock
 from tracecat.config import Settings
 from tracecat.db import Database
 from tracecat.exceptions import (
@@ -65,17 +66,16 @@ class TokenRefresher:
         provider: Callable[[], MicrosoftOAuthProvider],
         cache: ReadCache,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.database = database
         self.settings = settings
         self._provider = provider  # built on first use: connecting and reading need none
         self.cache = cache
         self.locks = RefreshLocks()
-        # Injected by tests: what "now" is for the sweep, and the pause between retries.
+        # What "now" is for every check and stamp here, and the pause between retries: one
+        # clock, so a sweep and the refresh it starts agree on which tokens are due.
         self.clock = clock
-        self.sleep = sleep
 
     async def refresh(
         self, integration_id: uuid.UUID, *, seen_version: int | None = None, force: bool = False
@@ -114,10 +114,11 @@ class TokenRefresher:
             if integration.status == GrantState.REVOKED:
                 raise ReauthorizationRequiredError(integration.last_error or "refresh refused")
             moved_on = seen_version is not None and integration.token_version != seen_version
+            now = self.clock.now()
             if (
                 moved_on
-                or (seen_version is None and not integration.needs_refresh(margin))
-                or (not force and integration.just_refreshed(MIN_REFRESH_SECONDS))
+                or (seen_version is None and not integration.needs_refresh(margin, now))
+                or (not force and integration.just_refreshed(MIN_REFRESH_SECONDS, now))
             ):
                 REFRESHES.labels(outcome="reused").inc()
                 return integration.access_token
@@ -136,7 +137,7 @@ class TokenRefresher:
                 return await self._fail_passing(session, integration, str(exc.detail))
             except UpstreamError as exc:  # our app registration or settings: the grant is fine
                 return await self._fail_passing(session, integration, str(exc.detail), exc)
-            store_tokens(integration, tokens, refreshed=True)
+            store_tokens(integration, tokens, refreshed=True, now=self.clock.now())
             await session.commit()
             REFRESHES.labels(outcome="refreshed").inc()
             logger.info("Refreshed Microsoft token for user %s", integration.user_id)
@@ -148,7 +149,7 @@ class TokenRefresher:
         margin = timedelta(seconds=self.settings.tracecat_refresh_margin_seconds)
         ids = [
             row.id
-            for row in await self.database.fetch_all(_DUE, {"horizon": self.clock() + margin})
+            for row in await self.database.fetch_all(_DUE, {"horizon": self.clock.now() + margin})
         ]
         for integration_id in ids:
             try:
@@ -170,7 +171,7 @@ class TokenRefresher:
             except TransientProviderError:
                 if delay is None:
                     raise
-                await self.sleep(delay)
+                await self.clock.sleep(delay)
         raise AssertionError("unreachable")
 
     async def _fail_passing(
@@ -184,7 +185,7 @@ class TokenRefresher:
         default: retry later)."""
         outcome = "transient" if error is None else "refused"
         await _record_failure(session, integration, GrantState.REFRESH_FAILING, reason, outcome)
-        if not integration.is_expired:
+        if not integration.is_expired_at(self.clock.now()):
             return integration.access_token
         raise error or ProviderUnavailableError(
             f"the Microsoft token expired and cannot be renewed right now ({reason}): retry later",
@@ -192,12 +193,15 @@ class TokenRefresher:
         )
 
 
-def store_tokens(integration: UserIntegration, tokens: TokenResult, *, refreshed: bool) -> None:
-    """Put a token answer on the row: a new connection or a refresh."""
+def store_tokens(
+    integration: UserIntegration, tokens: TokenResult, *, refreshed: bool, now: datetime
+) -> None:
+    """Put a token answer, received at `now` (the app's clock), on the row: a new connection
+    or a refresh."""
     integration.access_token = tokens.access_token
     # Providers may omit a new refresh token; keep the one we have then.
     integration.refresh_token = tokens.refresh_token or integration.refresh_token
-    integration.expires_at = tokens.expires_at
+    integration.expires_at = now + timedelta(seconds=tokens.expires_in)
     integration.scope = tokens.scope or integration.scope
     metadata = dict(integration.provider_metadata or {})
     if tokens.account:
@@ -207,7 +211,7 @@ def store_tokens(integration: UserIntegration, tokens: TokenResult, *, refreshed
     integration.refresh_failures = 0
     integration.last_error = None
     # A new connection has not been refreshed yet (and must not count as just refreshed).
-    integration.last_refreshed_at = datetime.now(UTC) if refreshed else None
+    integration.last_refreshed_at = now if refreshed else None
     integration.token_version = (integration.token_version or 0) + 1
 
 

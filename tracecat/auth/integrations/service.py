@@ -13,7 +13,6 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from anyio import to_thread
@@ -31,6 +30,7 @@ from tracecat.auth.integrations.models import (
 )
 from tracecat.auth.integrations.refresh import MIN_REFRESH_SECONDS, TokenRefresher, store_tokens
 from tracecat.cache import NO_CACHE, ReadCache
+from tracecat.clock import SYSTEM_CLOCK, Clock
 from tracecat.config import Settings, get_settings
 from tracecat.crypto import hash_secret
 from tracecat.db import Database
@@ -90,6 +90,7 @@ class IntegrationService:
         *,
         graph_pool: GraphPool | None = None,
         pacer: Pacer | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -99,7 +100,11 @@ class IntegrationService:
         # send budget. Without them (scripts) each client opens its own.
         self.graph_pool = graph_pool
         self.pacer = pacer
-        self.refresher = TokenRefresher(database, settings, lambda: self.provider, cache)
+        # What "now" is for every expiry this service judges or stamps (tests move it).
+        self.clock = clock
+        self.refresher = TokenRefresher(
+            database, settings, lambda: self.provider, cache, clock=clock
+        )
 
     @classmethod
     @asynccontextmanager
@@ -149,7 +154,7 @@ class IntegrationService:
         views: list[IntegrationView] | None = self.cache.get("views", user_id)
         if views is None:
             rows = await self.database.fetch_all(_VIEWS, {"user_id": user_id})
-            views = [IntegrationView(*list(row)) for row in rows]
+            views = [IntegrationView(*list(row), clock=self.clock) for row in rows]
             self.cache.put("views", user_id, views)
         return [view for view in views if provider in (None, view.provider)]
 
@@ -175,7 +180,7 @@ class IntegrationService:
         callback; `browser_id` is the secret of the cookie that binds it to this browser.
         """
         flow = await to_thread.run_sync(self.provider.initiate, self.settings.redirect_uri())
-        now = datetime.now(UTC)
+        now = self.clock.now()
         async with self.database.session() as session:
             await session.execute(delete(OAuthState).where(OAuthState.expires_at < now))
             session.add(
@@ -224,7 +229,7 @@ class IntegrationService:
                 integration = UserIntegration(user_id=pending.user_id, provider=MICROSOFT_TEAMS)
                 session.add(integration)
                 integration.token_version = 0
-            store_tokens(integration, tokens, refreshed=False)
+            store_tokens(integration, tokens, refreshed=False, now=self.clock.now())
             await session.commit()
         self.cache.forget_user(pending.user_id)
         logger.info("User %s connected Microsoft account", pending.user_id)
@@ -257,7 +262,7 @@ class IntegrationService:
                     "unknown or already used sign-in state: start again",
                     what="This sign-in link was already used, or was never issued here.",
                 )
-        if pending.is_expired:
+        if pending.is_expired_at(self.clock.now()):
             raise SignInError(
                 "this sign-in expired (10 minutes): start again",
                 what="This sign-in took longer than 10 minutes and has expired.",
@@ -341,8 +346,9 @@ class IntegrationService:
         if grant.status == GrantState.REVOKED:
             raise ReauthorizationRequiredError(grant.last_error or "refresh refused")
         margin = self.settings.tracecat_refresh_margin_seconds
+        now = self.clock.now()
         if not force_refresh and (
-            not grant.needs_refresh(margin) or grant.just_refreshed(MIN_REFRESH_SECONDS)
+            not grant.needs_refresh(margin, now) or grant.just_refreshed(MIN_REFRESH_SECONDS, now)
         ):
             return grant.access_token
         return await self.refresher.refresh(
