@@ -140,6 +140,10 @@ class Latency:
     def p50_ms(self) -> float:
         return statistics.median(self.samples) * 1000
 
+    @property
+    def p90_ms(self) -> float:
+        return statistics.quantiles(self.samples, n=10)[-1] * 1000
+
 
 async def timed(operation: Callable[[], Awaitable[object]]) -> float:
     started = time.perf_counter()
@@ -267,7 +271,10 @@ def report(
     wrk_label = f"wrk -t{args.wrk_threads} -c{args.wrk_connections} -d{args.wrk_seconds}s"
     rows = [("database", args.database)]
     rows += [
-        (f"teams: {name} mean / p50 ms", f"{side.mean_ms:.2f} / {side.p50_ms:.2f}")
+        (
+            f"teams: {name} mean / p50 / p90 ms",
+            f"{side.mean_ms:.2f} / {side.p50_ms:.2f} / {side.p90_ms:.2f}",
+        )
         for name, side in latency.items()
     ]
     rows += [

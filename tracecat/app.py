@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,6 +37,10 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
         resources = AppResources(settings, clock)
         app.state.resources = resources
         resources.start()
+        # What start-up built (modules, models, the app) lives as long as the process: kept
+        # out of the collector's generations, a full collection no longer walks it (in
+        # bench.overhead the teams mean's excess over its median fell from 0.7 to 0.2 ms).
+        gc.freeze()
         try:
             yield
         finally:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
+from pydantic import TypeAdapter
 
 from tracecat.auth.integrations.models import MICROSOFT_TEAMS
 from tracecat.auth.integrations.schemas import (
@@ -105,20 +106,33 @@ ChannelId = Annotated[str, Depends(_channel_id)]
 MessageId = Annotated[str, Depends(_message_id)]
 
 
+# Lists are already typed by the Graph client: serialized once here instead of validated
+# again by FastAPI against the response model (which stays, for the OpenAPI schema).
+_TEAMS = TypeAdapter(list[Team])
+_CHANNELS = TypeAdapter(list[Channel])
+_MESSAGES = TypeAdapter(list[ChatMessage])
+
+
+def _json(adapter: TypeAdapter[Any], value: object) -> Response:
+    return Response(adapter.dump_json(value), media_type="application/json")
+
+
 @router.get("/microsoft/teams", response_model=list[Team])
-async def list_teams(user: CurrentUser, service: IntegrationServiceDep) -> list[Team]:
-    return await service.call_graph(
+async def list_teams(user: CurrentUser, service: IntegrationServiceDep) -> Response:
+    teams = await service.call_graph(
         user.id, service.teams_client, lambda teams: teams.get_user_teams()
     )
+    return _json(_TEAMS, teams)
 
 
 @router.get("/microsoft/teams/{team_id}/channels", response_model=list[Channel])
 async def list_channels(
     team_id: TeamId, user: CurrentUser, service: IntegrationServiceDep
-) -> list[Channel]:
-    return await service.call_graph(
+) -> Response:
+    channels = await service.call_graph(
         user.id, service.teams_client, lambda teams: teams.list_channels(team_id)
     )
+    return _json(_CHANNELS, channels)
 
 
 @router.post(
@@ -149,13 +163,14 @@ async def list_messages(
     user: CurrentUser,
     service: IntegrationServiceDep,
     top: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> list[ChatMessage]:
+) -> Response:
     await service.require_scope(user.id, "ChannelMessage.Read.All")
-    return await service.call_graph(
+    messages = await service.call_graph(
         user.id,
         service.teams_client,
         lambda teams: teams.list_channel_messages(team_id, channel_id, top=top),
     )
+    return _json(_MESSAGES, messages)
 
 
 @router.post(
