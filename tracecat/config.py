@@ -9,6 +9,7 @@ and are only ever shown through `redact_url` (driver messages through `url_error
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass
@@ -32,6 +33,19 @@ REDIS_URL_FORMS = (
 DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 HIDDEN = "***"
+# Pauses between webhook delivery attempts: about three days in all, then `failed`.
+DEFAULT_WEBHOOK_RETRY_SECONDS = (
+    5.0,
+    30.0,
+    120.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    43200.0,
+)
 
 
 class Settings(BaseSettings):
@@ -59,12 +73,66 @@ class Settings(BaseSettings):
     tracecat_database_pool_size: int = 10
     tracecat_log_level: str = "INFO"
 
+    # Teams change notifications relayed as signed webhooks (tracecat/notifications/):
+    # - TRACECAT_PUBLIC_URL: where Microsoft reaches this service (Graph posts notifications
+    #   to it); unset, no subscription can be made.
+    # - TRACECAT_WEBHOOK_ALLOWED_NETWORKS: CIDRs (comma/space separated) a webhook target may
+    #   resolve to although private/loopback/..., and the only ones plain http may reach.
+    # - TRACECAT_WEBHOOK_RETRY_SECONDS: pauses between delivery attempts (each stretched by a
+    #   little jitter); after the last one fails the delivery is `failed`.
+    # - TRACECAT_SUBSCRIPTION_LIFETIME_SECONDS: lifetime asked of Graph for a subscription
+    #   (Graph allows at most 4230 minutes for channel messages).
+    # - TRACECAT_RESYNC_INTERVAL_SECONDS: how often missed messages are caught up; 0 = off.
+    tracecat_public_url: str | None = None
+    tracecat_webhook_allowed_networks: Annotated[
+        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
+    ] = Field(default_factory=list)
+    tracecat_webhook_retry_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SECONDS)
+    )
+    tracecat_subscription_lifetime_seconds: int = Field(252000, gt=0, le=253800)
+    tracecat_resync_interval_seconds: int = Field(300, ge=0)
+
     @field_validator("microsoft_extra_scopes", "tracecat_encryption_keys", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         # Comma- or space-separated in the environment, not JSON.
         if isinstance(value, str):
             return [item for item in value.replace(",", " ").split() if item]
+        return value
+
+    @field_validator("tracecat_public_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/") or None
+            if value is not None and not value.startswith(("https://", "http://")):
+                raise ValueError("must be an https:// URL (http:// only for the emulator)")
+        return value
+
+    @field_validator("tracecat_webhook_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        networks = []
+        for item in value.replace(",", " ").split():
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network: use CIDRs like 10.0.0.0/8") from None
+        return networks
+
+    @field_validator("tracecat_webhook_retry_seconds", mode="before")
+    @classmethod
+    def _retry_seconds(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = [float(item) for item in value.replace(",", " ").split()]
+            except ValueError:
+                raise ValueError("use seconds separated by commas, e.g. 5,30,120") from None
+        if isinstance(value, list) and (not value or any(float(v) <= 0 for v in value)):
+            raise ValueError("use one or more positive pauses in seconds, e.g. 5,30,120")
         return value
 
     @field_validator("database_url", "redis_url", mode="before")

@@ -9,6 +9,7 @@ from tracecat.auth import models as _auth_models  # noqa: F401  (registers table
 from tracecat.auth.integrations import models as _integration_models  # noqa: F401
 from tracecat.config import get_settings
 from tracecat.db import Base, create_engine
+from tracecat.notifications import models as _notification_models  # noqa: F401
 
 target_metadata = Base.metadata
 
