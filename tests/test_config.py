@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from tracecat.config import Settings, SettingsError, get_settings, redact_url, url_error_reason
+from tracecat.config import Settings, SettingsError, get_settings
 from tracecat.db import Database, upgrade_schema
+from tracecat.urls import redact_url, url_error_reason
 
 # Two halves, so a password split at an unencoded '@' or '/' is caught half-shown too.
 HEAD, TAIL = "Hq7zK", "Wm3xP"

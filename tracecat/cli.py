@@ -9,8 +9,9 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from tracecat.config import Settings, SettingsError, get_settings, redact_url, url_error_reason
+from tracecat.config import Settings, SettingsError, get_settings
 from tracecat.exceptions import TracecatError
+from tracecat.urls import redact_url, url_error_reason
 
 T = TypeVar("T")
 

@@ -25,16 +25,16 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from tracecat.config import (
+from tracecat.config import Settings
+from tracecat.crypto import Keyring
+from tracecat.exceptions import SettingsError
+from tracecat.urls import (
     DATABASE_SCHEMES,
     DATABASE_URL_FORMS,
-    Settings,
-    SettingsError,
     check_url,
     redact_url,
     url_error_reason,
 )
-from tracecat.crypto import Keyring
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
