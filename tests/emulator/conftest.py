@@ -11,6 +11,7 @@ import httpx
 import msal
 import pytest
 from emulator_support import ALICE, CONTROL_HEADERS, msal_sign_in
+from webhook_receiver import Receiver, running_receiver
 
 from tracecat.emulator.server import EmulatorServer
 
@@ -99,3 +100,10 @@ def graph(emulator: EmulatorServer, http: httpx.Client) -> Callable[..., httpx.R
 @pytest.fixture
 def alice_token(sign_in: Callable[..., dict[str, Any]]) -> str:
     return sign_in(ALICE)["access_token"]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A subscriber's webhook on a loopback port (webhook_receiver.py)."""
+    with running_receiver() as hook:
+        yield hook

@@ -11,14 +11,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msal
 import pytest
-from emulator_support import ALICE, BOB, CONTROL_HEADERS, messages_path, msal_sign_in, refresh
+from emulator_support import (
+    ALICE,
+    BOB,
+    CONTROL_HEADERS,
+    GENERAL,
+    SECOPS,
+    messages_path,
+    msal_sign_in,
+    refresh,
+)
+from webhook_receiver import running_receiver
 
-from tracecat.emulator.persistence import FLUSH_INTERVAL_SECONDS
+from tracecat.emulator.persistence import FLUSH_INTERVAL_SECONDS, restore, snapshot
 from tracecat.emulator.server import EmulatorServer
+from tracecat.emulator.state import EmulatorState
 
 pytestmark = pytest.mark.filterwarnings("ignore:response_mode:UserWarning")
 
@@ -139,3 +151,41 @@ def test_without_persist_nothing_is_written(tmp_path: Path) -> None:
     assert not state_file(tmp_path).exists()
     assert {p.name for p in (tmp_path / "emulator").iterdir()} >= {"ca.pem", "signing-key.pem"}
     assert not list((tmp_path / "emulator").glob("*state*"))
+
+
+def test_subscriptions_survive_a_restart_and_keep_notifying(tmp_path: Path) -> None:
+    with running_receiver() as hook:
+        with running(tmp_path) as before:
+            token = before.sign_in(ALICE)["access_token"]
+            now = before.control("GET", "/clock").json()["now"]
+            expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 7200))
+            body = {
+                "changeType": "created",
+                "notificationUrl": f"{hook.url}/notify",
+                "lifecycleNotificationUrl": f"{hook.url}/lifecycle",
+                "resource": f"/teams/{SECOPS}/channels/{GENERAL}/messages",
+                "expirationDateTime": expiry,
+                "clientState": "kept",
+            }
+            created = before.graph("POST", "/subscriptions", token, json=body)
+            assert created.status_code == 201, created.text
+        with running(tmp_path) as after:
+            fetched = after.graph("GET", f"/subscriptions/{created.json()['id']}", token)
+            assert fetched.status_code == 200, fetched.text
+            # Everything but @odata.context, which names the new server's address.
+            assert {**fetched.json(), "@odata.context": ""} == {
+                **created.json(),
+                "@odata.context": "",
+            }
+            path = f"/teams/{SECOPS}/channels/{quote(GENERAL, safe='')}/messages"
+            after.control("POST", path, json={"content": "after the restart"})
+            hook.wait_for(lambda seen: len(seen) == 1)
+            assert hook.received()[0].json()["value"][0]["clientState"] == "kept"
+
+
+def test_a_snapshot_from_before_subscriptions_still_loads() -> None:
+    state = EmulatorState()
+    _, data = snapshot(state)
+    del data["subscriptions"]
+    restore(state, data)
+    assert state.subscriptions.report() == []

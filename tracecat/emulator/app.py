@@ -9,7 +9,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tracecat.emulator import control, graph, identity, token_endpoint
+from tracecat.emulator import (
+    control,
+    control_notifications,
+    graph,
+    graph_subscriptions,
+    identity,
+    token_endpoint,
+)
 from tracecat.emulator.errors import (
     AadError,
     GraphApiError,
@@ -35,7 +42,9 @@ def create_emulator_app(state: EmulatorState) -> FastAPI:
     )
     app.state.emulator = state
     app.include_router(control.router)
+    app.include_router(control_notifications.router)
     app.include_router(graph.router)
+    app.include_router(graph_subscriptions.router)
     app.include_router(graph.userinfo_router)
     app.include_router(token_endpoint.router)
     app.include_router(identity.router)

@@ -10,11 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from tracecat.emulator.errors import graph_bad_request
 from tracecat.emulator.identity_store import DirectoryUser
+from tracecat.emulator.teams_store import StoredMessage
+
+if TYPE_CHECKING:
+    from tracecat.emulator.state import EmulatorState
 
 AT_TAG = re.compile(r"""<at\s+id\s*=\s*["']?(\d+)["']?\s*>(.*?)</at>""", re.IGNORECASE | re.DOTALL)
 ATTACHMENT_TAG = re.compile(
@@ -210,3 +214,36 @@ def build_chat_message(
         "reactions": [],
         "messageHistory": [],
     }
+
+
+def post_chat_message(
+    state: EmulatorState,
+    payload: Any,
+    *,
+    team_id: str,
+    channel_id: str,
+    reply_to_id: str | None,
+    sender: DirectoryUser,
+) -> StoredMessage:
+    """Validate, store and announce a new message: what Graph's POST and the control API share."""
+    message_id = state.teams.next_message_id()
+    resource = build_chat_message(
+        payload,
+        message_id=message_id,
+        team_id=team_id,
+        channel_id=channel_id,
+        reply_to_id=reply_to_id,
+        sender=sender,
+        tenant_id=state.tenant_id,
+        now=state.now(),
+    )
+    message = StoredMessage(
+        id=message_id,
+        team_id=team_id,
+        channel_id=channel_id,
+        reply_to_id=reply_to_id,
+        sender_email=sender.email,
+        resource=resource,
+    )
+    state.store_message(message)
+    return message

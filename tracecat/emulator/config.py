@@ -35,6 +35,22 @@ class Throttling:
 
 
 @dataclass
+class Notifications:
+    """How change notifications (notifier.py) reach a subscriber's endpoint.
+
+    Graph retries a failed delivery for up to 4 hours; the emulator compresses that to one
+    first try plus one retry after each of `retry_delays` seconds, so tests can prove their
+    endpoint survives a failure without waiting hours.
+    """
+
+    retry_delays: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
+    # Graph gives the validation handshake and each delivery 10 s; lower it to test timeouts.
+    timeout_seconds: float = 10.0
+    # Graph may deliver a notification more than once: while true, every one is sent twice.
+    duplicate: bool = False
+
+
+@dataclass
 class EmulatorConfig:
     access_token_lifetime: int = 3599
     authorization_code_lifetime: int = 600
@@ -42,6 +58,7 @@ class EmulatorConfig:
     revoked_error_code: int = 50173
     page_sizes: PageSizes = field(default_factory=PageSizes)
     throttling: Throttling = field(default_factory=Throttling)
+    notifications: Notifications = field(default_factory=Notifications)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +72,7 @@ class EmulatorConfig:
                 **merged,
                 "page_sizes": PageSizes(**merged["page_sizes"]),
                 "throttling": Throttling(**merged["throttling"]),
+                "notifications": Notifications(**merged["notifications"]),
             }
         )
         config._validate()
@@ -73,6 +91,15 @@ class EmulatorConfig:
         for item in fields(Throttling):
             if item.name != "enabled" and getattr(self.throttling, item.name) < 1:
                 raise ValueError(f"throttling.{item.name} must be at least 1")
+        delays = self.notifications.retry_delays
+        if len(delays) > 20 or not all(_number(d) and 0 <= d <= 3600 for d in delays):
+            raise ValueError("notifications.retry_delays must be at most 20 numbers in [0, 3600]")
+        if not 0 < self.notifications.timeout_seconds <= 60:
+            raise ValueError("notifications.timeout_seconds must be in (0, 60]")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _merge(target: dict[str, Any], patch: dict[str, Any], prefix: str) -> None:
@@ -85,6 +112,8 @@ def _merge(target: dict[str, Any], patch: dict[str, Any], prefix: str) -> None:
         current = target[key]
         if isinstance(current, dict):
             _merge(current, value, f"{name}.")
+        elif isinstance(current, float) and _number(value):
+            target[key] = float(value)  # 10 for a float field means 10.0
         elif isinstance(current, bool) != isinstance(value, bool) or not isinstance(
             value, type(current)
         ):

@@ -22,6 +22,29 @@ It is not a Microsoft API, so its errors are a plain {"error": "..."} body.
     GET    /_emulator/messages                 every stored message, replies included
     POST   /_emulator/apps                     {"client_id"?, "client_secret"?, "display_name"?,
                                                 "redirect_uris": [...], "scopes"?}
+    POST   /_emulator/teams/{team}/channels/{channel}/messages
+                                               {"content", "content_type"? ("text"|"html"),
+                                                "from"? (email), "reply_to"? (root message id)}:
+                                                a message from someone else (default: a demo user
+                                                not subscribed to the channel), stored like a
+                                                Graph POST and notified; 201 with it as in /messages
+    GET    /_emulator/subscriptions            {"subscriptions": [Graph's subscription resource +
+                                                "needsReauthorization", "delivery": {"attempts",
+                                                "delivered", "failed", "last_status",
+                                                "lifecycle_sent"}]}, live ones only
+    POST   /_emulator/subscriptions/{id}/lifecycle   {"event": "reauthorizationRequired" |
+                                                "subscriptionRemoved" | "missed"}: send that
+                                                lifecycle notification (subscriptionRemoved also
+                                                removes the subscription); 202
+
+Change notifications (graph_subscriptions.py, notifier.py): Graph's POST /v1.0/subscriptions
+for /teams/{id}/channels/{id}/messages, with its validation handshake, then a notification
+(without resource data) to notificationUrl for every message or reply stored in the channel.
+`PATCH /config {"notifications": {...}}` tunes delivery: "retry_delays" (seconds before each
+retry after the first try; default [1, 2, 4, 8, 16]), "timeout_seconds" (handshake and each
+delivery; default 10, Graph's) and "duplicate" (send every notification twice). Stats count
+them under "notifications". Unlike Graph, notificationUrl may be plain http, and
+includeResourceData must be false.
 
 The clock: every expiry the emulator judges (access token exp, authorization code lifetime,
 refresh-token inactivity of 90 days) and every time it stamps (iat/exp/expires_in of new

@@ -355,6 +355,15 @@ def graph_not_found(message: str) -> GraphApiError:
     return GraphApiError(404, "NotFound", message)
 
 
+def graph_validation_error(message: str) -> GraphApiError:
+    """What subscription creation and renewal answer for a rule of theirs broken."""
+    return GraphApiError(400, "ValidationError", message)
+
+
+def graph_resource_not_found(message: str) -> GraphApiError:
+    return GraphApiError(404, "ResourceNotFound", message)
+
+
 def graph_method_not_allowed() -> GraphApiError:
     return GraphApiError(
         405, "MethodNotAllowed", "The HTTP method is not allowed on this resource."

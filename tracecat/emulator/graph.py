@@ -1,5 +1,9 @@
 """Microsoft Graph v1.0 for Teams: /me, joined teams, channels, channel messages and replies.
 
+Messages list newest first (optionally `$expand=replies`); `messages/delta` lists root
+messages oldest first and ends with an `@odata.deltaLink` for catching up later. A
+stored message is announced to change-notification subscribers (graph_subscriptions.py).
+
 Every route authenticates the bearer token, checks the delegated scope Graph
 documents for it, and applies the Teams throttling limits before answering
 (graph_access.py); this module is the routes and the resources they render.
@@ -16,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tracecat.emulator import errors
-from tracecat.emulator.chat_messages import build_chat_message
+from tracecat.emulator.chat_messages import post_chat_message
 from tracecat.emulator.demo_data import EmulatedChannel, EmulatedTeam
 from tracecat.emulator.graph_access import (
     READ_CHANNELS,
@@ -30,7 +34,7 @@ from tracecat.emulator.graph_access import (
     authorize,
 )
 from tracecat.emulator.graph_paging import collection_page
-from tracecat.emulator.http_utils import emulator_state, graph_base
+from tracecat.emulator.http_utils import emulator_state, graph_base, https_base
 from tracecat.emulator.state import EmulatorState
 from tracecat.emulator.teams_store import StoredMessage
 
@@ -219,11 +223,27 @@ async def list_messages(team_id: str, channel_id: str, request: Request) -> dict
     caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
     channel = _channel(_team(state, caller, team_id), channel_id)
+    context = f"teams('{channel.team_id}')/channels('{_q(channel.id)}')/messages"
+    expand = request.query_params.get("$expand")
+    if expand not in (None, "replies"):
+        raise errors.graph_bad_request(f"Parsing OData Select and Expand failed: '{expand}'.")
+
+    def render(message: StoredMessage) -> dict[str, Any]:
+        if expand is None:
+            return message.resource
+        # Newest first, like the replies list.
+        replies = [reply.resource for reply in reversed(message.replies)]
+        return {
+            **message.resource,
+            "replies@odata.context": _odata(request, f"{context}('{message.id}')/replies"),
+            "replies": replies,
+        }
+
     return collection_page(
         request,
         list(reversed(state.teams.messages(channel.id))),
         key=lambda message: message.id,
-        render=_message_json,
+        render=render,
         context=_odata(
             request, f"teams('{channel.team_id}')/channels('{_q(channel.id)}')/messages"
         ),
@@ -243,37 +263,57 @@ async def _post_message(
         payload = await request.json()
     except ValueError:
         payload = None
-    message_id = state.teams.next_message_id()
-    resource = build_chat_message(
+    message = post_chat_message(
+        state,
         payload,
-        message_id=message_id,
         team_id=channel.team_id,
         channel_id=channel.id,
         reply_to_id=parent.id if parent else None,
         sender=caller.user,
-        tenant_id=state.tenant_id,
-        now=state.now(),
     )
     path = f"teams('{channel.team_id}')/channels('{_q(channel.id)}')/messages"
     if parent:
         path += f"('{parent.id}')/replies"
-    state.teams.add_message(
-        StoredMessage(
-            id=message_id,
-            team_id=channel.team_id,
-            channel_id=channel.id,
-            reply_to_id=parent.id if parent else None,
-            sender_email=caller.user.email,
-            resource=resource,
-        )
-    )
-    body = {"@odata.context": _odata(request, f"{path}/$entity"), **resource}
+    body = {"@odata.context": _odata(request, f"{path}/$entity"), **message.resource}
     return JSONResponse(body, status_code=201)
 
 
 @router.post("/teams/{team_id}/channels/{channel_id}/messages")
 async def send_message(team_id: str, channel_id: str, request: Request) -> JSONResponse:
     return await _post_message(request, team_id, channel_id, None)
+
+
+@router.get("/teams/{team_id}/channels/{channel_id}/messages/delta")
+async def messages_delta(team_id: str, channel_id: str, request: Request) -> dict[str, Any]:
+    """Root messages oldest first, then an `@odata.deltaLink` that yields only newer ones.
+
+    Registered before /messages/{message_id}, which would otherwise take "delta" for an id.
+    Messages are never edited here, so "changed since" is "posted since": the delta token
+    names the newest root message seen."""
+    caller = authorize(request, READ_MESSAGES, team_id=team_id)
+    state = emulator_state(request)
+    channel = _channel(_team(state, caller, team_id), channel_id)
+    roots = state.teams.messages(channel.id)
+    seen = request.query_params.get("$deltatoken")
+    if seen is not None:
+        if not seen.isdigit():
+            raise errors.graph_bad_request("The $deltatoken value is not valid.")
+        roots = [message for message in roots if int(message.id) > int(seen)]
+    context = f"teams('{channel.team_id}')/channels('{_q(channel.id)}')/messages/delta"
+    page = collection_page(
+        request,
+        roots,
+        key=lambda message: message.id,
+        render=_message_json,
+        context=_odata(request, context),
+        page_size=state.config.page_sizes.messages,
+        max_top=MAX_MESSAGES_TOP,
+    )
+    if "@odata.nextLink" not in page:
+        newest = roots[-1].id if roots else (seen or "0")
+        path = quote(request.url.path, safe="/")
+        page["@odata.deltaLink"] = f"{https_base(request)}{path}?$deltatoken={newest}"
+    return page
 
 
 @router.get("/teams/{team_id}/channels/{channel_id}/messages/{message_id}")

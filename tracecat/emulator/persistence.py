@@ -1,7 +1,8 @@
 """Keeping the emulator's state in a JSON file, so a restarted emulator keeps its users signed in.
 
 The only place that knows the file's layout: `snapshot()` turns what must outlive a
-restart (users, grants, revocation marks, memberships, messages, apps, config) into
+restart (users, grants, revocation marks, memberships, messages, apps, config,
+change-notification subscriptions) into
 plain JSON-ready data and `restore()` brings it back. Authorization codes, faults,
 counters and the clock offset are left out: codes live minutes and the rest only
 serves tests.
@@ -30,6 +31,7 @@ from tracecat.emulator.identity_store import (
     RefreshGrant,
 )
 from tracecat.emulator.state import EmulatorState
+from tracecat.emulator.subscriptions import Subscription
 from tracecat.emulator.teams_store import StoredMessage
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ def snapshot(state: EmulatorState) -> tuple[int, dict[str, Any]]:
                 for message in teams.all_messages
             ],
             "last_message_ms": teams.last_message_ms,
+            "subscriptions": state.subscriptions.export(),
         }
         return state.version, data
 
@@ -109,6 +112,8 @@ def restore(state: EmulatorState, data: Any) -> None:
         elif (message.channel_id, message.reply_to_id) not in roots:
             raise ValueError(f"reply {message.id} comes before its root message")
     last_message_ms = int(data["last_message_ms"])
+    # Absent from files written before subscriptions existed: same format, none saved.
+    subscriptions = [Subscription(**fields_) for fields_ in data.get("subscriptions", [])]
     with state.lock:
         state.clear()
         state.replace_config(config)
@@ -119,6 +124,7 @@ def restore(state: EmulatorState, data: Any) -> None:
         identity.access_tokens = access
         identity.revoked_jtis = revoked_jtis
         state.teams.load(members, messages, last_message_ms)
+        state.subscriptions.load(subscriptions)
         state.changed()
 
 

@@ -160,6 +160,7 @@ class EmulatorServer:
             loop.close()
 
     def stop(self) -> None:
+        self.state.notifier.cancel()  # pending retries die with the server
         for server in self._servers:
             server.should_exit = True
         if self._thread is not None:

@@ -8,6 +8,10 @@ the parts, each of which takes that same lock in every public method:
     state.teams      teams, memberships, messages (teams_store.py)
     state.faults     injected fault rules (fault_rules.py)
     state.stats      counters and the Graph request log (stats.py)
+    state.subscriptions  change-notification subscriptions (subscriptions.py)
+
+state.notifier (notifier.py) is not state but the outbound side: it posts change and
+lifecycle notifications from its own threads, never under the lock.
 
 One lock rather than one per part, because some changes span parts (a first
 sign-in creates the user and their memberships) and a snapshot must see all of
@@ -26,8 +30,10 @@ from tracecat.emulator.constants import TENANT_DOMAIN, TENANT_ID
 from tracecat.emulator.fault_rules import FaultStore
 from tracecat.emulator.identity_store import DirectoryUser, IdentityStore, describe_user
 from tracecat.emulator.keys import SigningKey
+from tracecat.emulator.notifier import Notifier
 from tracecat.emulator.stats import Stats
-from tracecat.emulator.teams_store import TeamsStore
+from tracecat.emulator.subscriptions import SubscriptionStore
+from tracecat.emulator.teams_store import StoredMessage, TeamsStore
 from tracecat.emulator.throttle import RateLimiter
 
 # Importable from here as before (tests use it to predict display names).
@@ -51,6 +57,8 @@ class EmulatorState:
         self.teams = TeamsStore(self.lock, self.clock, self.changed)
         self.faults = FaultStore(self.lock)
         self.stats = Stats(self.lock)
+        self.subscriptions = SubscriptionStore(self.lock, self.clock, self.changed)
+        self.notifier = Notifier(self)
         # Called with the new version after every reset, outside the lock, so a
         # persisted copy can be dropped too (POST /_emulator/reset forgets everything).
         self.on_reset: Callable[[int], None] | None = None
@@ -75,6 +83,9 @@ class EmulatorState:
             self.teams.clear()
             self.faults.clear()
             self.stats.clear()
+            self.subscriptions.clear()
+        # Retries pending from before must not reach whoever subscribes next.
+        self.notifier.cancel()
 
     def changed(self) -> None:
         """Note a change to what persistence.py saves; callers hold the lock."""
@@ -123,6 +134,13 @@ class EmulatorState:
             if created:
                 self.teams.join_open_teams(user.email)
             return user
+
+    def store_message(self, message: StoredMessage) -> None:
+        """Keep a new message or reply and notify the subscriptions watching its channel.
+
+        The notifications go out from their own threads: the caller is not held up."""
+        self.teams.add_message(message)
+        self.notifier.message_created(message)
 
     def admit(self, checks: Sequence[tuple[tuple[str, ...], int]]) -> int | None:
         """Rate-limit one Graph request; return Retry-After seconds if refused."""

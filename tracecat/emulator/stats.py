@@ -10,6 +10,7 @@ from collections import Counter, defaultdict, deque
 from typing import Any
 
 GRAPH_LOG_SIZE = 1000
+ANSWER_TIMES_KEPT = 100
 SUCCESS = "success"  # the outcome of an answered token request; failures count their `error`
 
 
@@ -30,6 +31,7 @@ class Stats:
             # client made (dot segments and encodings included), not just the matched route.
             self._graph_log: deque[dict[str, Any]] = deque(maxlen=GRAPH_LOG_SIZE)
             self._throttled = 0
+            self._notifications = _empty_notifications()
 
     def record_token_request(self, grant_type: str, outcome: str, email: str | None) -> None:
         with self._lock:
@@ -49,6 +51,27 @@ class Stats:
     def record_throttled(self) -> None:
         with self._lock:
             self._throttled += 1
+
+    def record_validation(self, ok: bool) -> None:
+        with self._lock:
+            self._notifications["validations"]["ok" if ok else "failed"] += 1
+
+    def record_notification_attempt(
+        self, kind: str, outcome: str, seconds: float, *, retry: bool, slow: bool
+    ) -> None:
+        """One POST to a subscriber; `outcome` is its status, "timeout" or "error"."""
+        with self._lock:
+            counts = self._notifications[kind]
+            counts["sent"] += 1
+            counts["retries"] += int(retry)
+            counts["slow"] += int(slow)
+            counts["by_outcome"][outcome] = counts["by_outcome"].get(outcome, 0) + 1
+            counts["max_answer_seconds"] = max(counts["max_answer_seconds"], round(seconds, 3))
+            counts["answer_seconds"].append(round(seconds, 3))
+
+    def record_notification_result(self, kind: str, *, delivered: bool) -> None:
+        with self._lock:
+            self._notifications[kind]["delivered" if delivered else "failed"] += 1
 
     def report(self, messages_stored: int) -> dict[str, Any]:
         """The GET /_emulator/stats body."""
@@ -70,4 +93,34 @@ class Stats:
                 "graph_request_log": list(self._graph_log),
                 "throttled": self._throttled,
                 "messages_stored": messages_stored,
+                "notifications": {
+                    "validations": dict(self._notifications["validations"]),
+                    **{
+                        kind: {**counts, "answer_seconds": list(counts["answer_seconds"])}
+                        for kind, counts in self._notifications.items()
+                        if kind != "validations"
+                    },
+                },
             }
+
+
+def _delivery_counts() -> dict[str, Any]:
+    return {
+        "sent": 0,  # POSTs made, retries included
+        "delivered": 0,  # notifications answered 2xx at some try
+        "failed": 0,  # notifications given up on after the last retry
+        "retries": 0,
+        "slow": 0,  # answers slower than Graph's 3 s
+        "by_outcome": {},  # "202", "500", "timeout", "error" -> count
+        "max_answer_seconds": 0.0,
+        # The last answer times, oldest first.
+        "answer_seconds": deque(maxlen=ANSWER_TIMES_KEPT),
+    }
+
+
+def _empty_notifications() -> dict[str, Any]:
+    return {
+        "validations": {"ok": 0, "failed": 0},
+        "change": _delivery_counts(),
+        "lifecycle": _delivery_counts(),
+    }

@@ -1,0 +1,114 @@
+"""A subscriber's webhook for the tests: answers Graph's validation handshake, records the rest.
+
+A plain http.server on a loopback port in a daemon thread. Each test tunes it through
+attributes: how to answer the handshake (`validation`), which statuses to answer
+notifications with (`statuses`, consumed one per POST, then `default_status`) and how
+long to wait before answering (`delay_seconds`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Received:
+    path: str
+    query: dict[str, str]
+    content_type: str
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    url: str = ""
+    # "echo" (correct), "wrong" (another token), "json" (right token, wrong type), "500"
+    validation: str = "echo"
+    statuses: list[int] = field(default_factory=list)
+    default_status: int = 202
+    delay_seconds: float = 0.0
+    validations: list[Received] = field(default_factory=list)
+    notifications: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 5.0) -> None:
+        """Poll until `predicate(notifications)` holds; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                seen = list(self.notifications)
+            if predicate(seen):
+                return
+            assert time.monotonic() < deadline, f"timed out; received {[r.path for r in seen]}"
+            time.sleep(0.02)
+
+    def received(self, path: str | None = None) -> list[Received]:
+        with self.lock:
+            return [r for r in self.notifications if path is None or r.path == path]
+
+
+def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            pass
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            parts = urlsplit(self.path)
+            query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+            length = int(self.headers.get("Content-Length") or 0)
+            item = Received(
+                parts.path, query, self.headers.get("Content-Type", ""), self.rfile.read(length)
+            )
+            if receiver.delay_seconds:
+                time.sleep(receiver.delay_seconds)
+            token = query.get("validationToken")
+            if token is not None:
+                with receiver.lock:
+                    receiver.validations.append(item)
+                mode = receiver.validation
+                if mode == "500":
+                    return self._answer(500, b"oops", "text/plain")
+                answer = token if mode != "wrong" else "not-the-token"
+                kind = "application/json" if mode == "json" else "text/plain; charset=utf-8"
+                return self._answer(200, answer.encode(), kind)
+            with receiver.lock:
+                receiver.notifications.append(item)
+                status = receiver.statuses.pop(0) if receiver.statuses else receiver.default_status
+            self._answer(status, b"", "text/plain")
+
+    return Handler
+
+
+@contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(receiver))
+    server.daemon_threads = True
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
+    # A short poll so shutdown() at the end of each test returns at once, not after 0.5 s.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
