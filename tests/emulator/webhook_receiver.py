@@ -41,6 +41,11 @@ class Receiver:
     validations: list[Received] = field(default_factory=list)
     notifications: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Cleared by a test to hold every notification's answer until it is set again.
+    answering: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.answering.set()
 
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 5.0) -> None:
         """Poll until `predicate(notifications)` holds; fail after `timeout` seconds."""
@@ -92,6 +97,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             with receiver.lock:
                 receiver.notifications.append(item)
                 status = receiver.statuses.pop(0) if receiver.statuses else receiver.default_status
+            receiver.answering.wait(timeout=30)
             self._answer(status, b"", "text/plain")
 
     return Handler

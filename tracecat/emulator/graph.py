@@ -29,9 +29,10 @@ from tracecat.emulator.graph_access import (
     READ_MESSAGES,
     READ_TEAM,
     SEND_MESSAGES,
-    Caller,
     authenticate,
     authorize,
+    member_team,
+    team_channel,
 )
 from tracecat.emulator.graph_paging import collection_page
 from tracecat.emulator.http_utils import emulator_state, graph_base, https_base
@@ -42,24 +43,6 @@ router = APIRouter(prefix="/v1.0")
 userinfo_router = APIRouter()
 
 MAX_MESSAGES_TOP = 50
-
-
-def _team(state: EmulatorState, caller: Caller, team_id: str) -> EmulatedTeam:
-    team = state.teams.team(team_id)
-    if team is None:
-        raise errors.graph_not_found(f"No team found with Group Id {team_id}")
-    if not state.teams.is_member(team.id, caller.user.email):
-        raise errors.graph_forbidden(
-            f"User {caller.user.oid} is not a member of team {team.id}; only members can access it."
-        )
-    return team
-
-
-def _channel(team: EmulatedTeam, channel_id: str) -> EmulatedChannel:
-    channel = team.channel(channel_id)
-    if channel is None:
-        raise errors.graph_not_found(f"Channel {channel_id} was not found in team {team.id}.")
-    return channel
 
 
 def _root_message(state: EmulatorState, channel: EmulatedChannel, message_id: str) -> StoredMessage:
@@ -185,7 +168,7 @@ async def joined_teams(request: Request) -> dict[str, Any]:
 async def get_team(team_id: str, request: Request) -> dict[str, Any]:
     caller = authorize(request, READ_TEAM, team_id=team_id)
     state = emulator_state(request)
-    team = _team(state, caller, team_id)
+    team = member_team(state, caller, team_id)
     return {
         "@odata.context": _odata(request, "teams/$entity"),
         **_team_json(team, state.tenant_id, full=True),
@@ -196,7 +179,7 @@ async def get_team(team_id: str, request: Request) -> dict[str, Any]:
 async def list_channels(team_id: str, request: Request) -> dict[str, Any]:
     caller = authorize(request, READ_CHANNELS, team_id=team_id)
     state = emulator_state(request)
-    team = _team(state, caller, team_id)
+    team = member_team(state, caller, team_id)
     return collection_page(
         request,
         team.channels,
@@ -211,7 +194,7 @@ async def list_channels(team_id: str, request: Request) -> dict[str, Any]:
 async def get_channel(team_id: str, channel_id: str, request: Request) -> dict[str, Any]:
     caller = authorize(request, READ_CHANNELS, team_id=team_id)
     state = emulator_state(request)
-    channel = _channel(_team(state, caller, team_id), channel_id)
+    channel = team_channel(member_team(state, caller, team_id), channel_id)
     return {
         "@odata.context": _odata(request, f"teams('{channel.team_id}')/channels/$entity"),
         **_channel_json(channel, state.tenant_id),
@@ -222,7 +205,7 @@ async def get_channel(team_id: str, channel_id: str, request: Request) -> dict[s
 async def list_messages(team_id: str, channel_id: str, request: Request) -> dict[str, Any]:
     caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
-    channel = _channel(_team(state, caller, team_id), channel_id)
+    channel = team_channel(member_team(state, caller, team_id), channel_id)
     context = f"teams('{channel.team_id}')/channels('{_q(channel.id)}')/messages"
     expand = request.query_params.get("$expand")
     if expand not in (None, "replies"):
@@ -257,7 +240,7 @@ async def _post_message(
 ) -> JSONResponse:
     caller = authorize(request, SEND_MESSAGES, team_id=team_id, channel_send=channel_id)
     state = emulator_state(request)
-    channel = _channel(_team(state, caller, team_id), channel_id)
+    channel = team_channel(member_team(state, caller, team_id), channel_id)
     parent = _root_message(state, channel, parent_id) if parent_id else None
     try:
         payload = await request.json()
@@ -292,7 +275,7 @@ async def messages_delta(team_id: str, channel_id: str, request: Request) -> dic
     names the newest root message seen."""
     caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
-    channel = _channel(_team(state, caller, team_id), channel_id)
+    channel = team_channel(member_team(state, caller, team_id), channel_id)
     roots = state.teams.messages(channel.id)
     seen = request.query_params.get("$deltatoken")
     if seen is not None:
@@ -322,7 +305,7 @@ async def get_message(
 ) -> dict[str, Any]:
     caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
-    channel = _channel(_team(state, caller, team_id), channel_id)
+    channel = team_channel(member_team(state, caller, team_id), channel_id)
     message = _root_message(state, channel, message_id)
     context = f"teams('{channel.team_id}')/channels('{_q(channel.id)}')/messages/$entity"
     return {"@odata.context": _odata(request, context), **message.resource}
@@ -334,7 +317,7 @@ async def list_replies(
 ) -> dict[str, Any]:
     caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
-    channel = _channel(_team(state, caller, team_id), channel_id)
+    channel = team_channel(member_team(state, caller, team_id), channel_id)
     parent = _root_message(state, channel, message_id)
     context = f"teams('{channel.team_id}')/channels('{_q(channel.id)}')/messages('{parent.id}')"
     return collection_page(
@@ -359,7 +342,7 @@ async def get_reply(
 ) -> dict[str, Any]:
     caller = authorize(request, READ_MESSAGES, team_id=team_id)
     state = emulator_state(request)
-    channel = _channel(_team(state, caller, team_id), channel_id)
+    channel = team_channel(member_team(state, caller, team_id), channel_id)
     parent = _root_message(state, channel, message_id)
     found = next((r for r in parent.replies if r.id == reply_id), None)
     if found is None:

@@ -15,8 +15,10 @@ from fastapi import Request
 
 from tracecat.emulator import errors
 from tracecat.emulator.constants import GRAPH_APP_ID, GRAPH_RESOURCE
+from tracecat.emulator.demo_data import EmulatedChannel, EmulatedTeam
 from tracecat.emulator.http_utils import emulator_state, https_base
 from tracecat.emulator.identity_store import DirectoryUser, TokenRejection
+from tracecat.emulator.state import EmulatorState
 
 # Delegated permissions that satisfy each operation, least privileged first (Graph docs).
 _DIRECTORY = ("Directory.Read.All", "Directory.ReadWrite.All")
@@ -115,3 +117,22 @@ def authorize(
     if retry_after is not None:
         raise errors.graph_throttled(retry_after)
     return caller
+
+
+def member_team(state: EmulatorState, caller: Caller, team_id: str) -> EmulatedTeam:
+    """The team, if the caller is a member (Graph answers 404 for no team, 403 otherwise)."""
+    team = state.teams.team(team_id)
+    if team is None:
+        raise errors.graph_not_found(f"No team found with Group Id {team_id}")
+    if not state.teams.is_member(team.id, caller.user.email):
+        raise errors.graph_forbidden(
+            f"User {caller.user.oid} is not a member of team {team.id}; only members can access it."
+        )
+    return team
+
+
+def team_channel(team: EmulatedTeam, channel_id: str) -> EmulatedChannel:
+    channel = team.channel(channel_id)
+    if channel is None:
+        raise errors.graph_not_found(f"Channel {channel_id} was not found in team {team.id}.")
+    return channel

@@ -22,7 +22,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from tracecat.emulator import errors
-from tracecat.emulator.graph_access import Caller, authenticate, authorize
+from tracecat.emulator.graph_access import (
+    Caller,
+    authenticate,
+    authorize,
+    member_team,
+    team_channel,
+)
 from tracecat.emulator.http_utils import emulator_state, graph_base
 from tracecat.emulator.notifier import validate_endpoint
 from tracecat.emulator.state import EmulatorState
@@ -177,17 +183,8 @@ async def create_subscription(request: Request) -> JSONResponse:
         )
     team_id, channel_id = target
     caller = authorize(request, SUBSCRIBE_CHANNEL_MESSAGES, team_id=team_id)
-    team = state.teams.team(team_id)
-    if team is None:
-        raise errors.graph_not_found(f"No team found with Group Id {team_id}")
-    if not state.teams.is_member(team.id, caller.user.email):
-        raise errors.graph_forbidden(
-            f"User {caller.user.oid} is not a member of team {team.id}; only members can "
-            "subscribe to its channels."
-        )
-    channel = team.channel(channel_id)
-    if channel is None:
-        raise errors.graph_not_found(f"Channel {channel_id} was not found in team {team.id}.")
+    team = member_team(state, caller, team_id)
+    channel = team_channel(team, channel_id)
     change_type = _change_type(body)
     notification_url = _url(body, "notificationUrl", required=True) or ""
     lifecycle_url = _url(body, "lifecycleNotificationUrl", required=False)
