@@ -10,6 +10,7 @@ from fastapi.security import HTTPBearer
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.auth.service import Principal, authenticate
 from tracecat.exceptions import AuthenticationError
+from tracecat.resources import AppResources
 from tracecat.web.pages import Pages
 
 
@@ -47,3 +48,10 @@ async def get_pages(request: Request) -> Pages:
 
 
 PagesDep = Annotated[Pages, Depends(get_pages)]
+
+
+async def get_resources(request: Request) -> AppResources:
+    return request.app.state.resources
+
+
+ResourcesDep = Annotated[AppResources, Depends(get_resources)]

@@ -32,3 +32,9 @@ REFRESH_SECONDS = Histogram(
     "tracecat_token_refresh_seconds",
     "Time to obtain a usable token when a refresh was due, lock wait included.",
 )
+NOTIFICATIONS_RECEIVED = Counter(
+    "tracecat_notifications_received",
+    "Notifications from Microsoft by kind (change, lifecycle) and outcome: accepted, or dropped "
+    "as unknown_subscription, bad_client_state or malformed (never relayed).",
+    ["kind", "outcome"],
+)

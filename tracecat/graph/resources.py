@@ -122,3 +122,23 @@ class Mention(BaseModel):
     display_name: str = Field(
         min_length=1, validation_alias=AliasChoices("display_name", "displayName")
     )
+
+
+class Subscription(GraphModel):
+    """A change-notification subscription (Graph's `subscription` resource)."""
+
+    id: str
+    resource: str
+    change_type: str
+    notification_url: str
+    expiration_date_time: datetime
+    lifecycle_notification_url: str | None = None
+    client_state: str | None = None
+    application_id: str | None = None
+    creator_id: str | None = None
+    include_resource_data: bool | None = None
+    latest_supported_tls_version: str | None = None
+    notification_url_app_id: str | None = None
+    notification_query_options: str | None = None
+    encryption_certificate: str | None = None
+    encryption_certificate_id: str | None = None

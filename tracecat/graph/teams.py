@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Unpack
+from typing import Any, Unpack
 
 import httpx
 
 from tracecat.config import Settings, get_settings
-from tracecat.exceptions import BadRequestError
+from tracecat.exceptions import BadRequestError, GraphError
 from tracecat.graph.ids import segment
 from tracecat.graph.messages import MessageOptions, build_message
 from tracecat.graph.pacing import Pacer, pacer_from_settings
 from tracecat.graph.resources import Channel, ChatMessage, GraphUser, Team
-from tracecat.graph.transport import GraphClient, RetryPolicy
+from tracecat.graph.transport import GraphClient, RetryPolicy, origin, parse
 
 # Graph's largest page of channel messages.
 MAX_MESSAGES_PAGE = 50
@@ -20,6 +20,16 @@ MAX_MESSAGES_PAGE = 50
 
 def _channel_path(team_id: str, channel_id: str) -> str:
     return f"/teams/{segment(team_id, 'team_id')}/channels/{segment(channel_id, 'channel_id')}"
+
+
+def _message_path(team_id: str, channel_id: str, message_id: str) -> str:
+    return f"{_channel_path(team_id, channel_id)}/messages/{segment(message_id, 'message_id')}"
+
+
+def _top_params(top: int | None) -> dict[str, str] | None:
+    if top is not None and top < 1:
+        raise BadRequestError("top must be at least 1")
+    return {"$top": str(min(top, MAX_MESSAGES_PAGE))} if top else None
 
 
 class MicrosoftTeamsClient(GraphClient):
@@ -85,11 +95,72 @@ class MicrosoftTeamsClient(GraphClient):
     async def list_channel_messages(
         self, team_id: str, channel_id: str, *, top: int | None = None
     ) -> list[ChatMessage]:
-        if top is not None and top < 1:
-            raise BadRequestError("top must be at least 1")
-        params = {"$top": str(min(top, MAX_MESSAGES_PAGE))} if top else None
+        params = _top_params(top)
         path = f"{_channel_path(team_id, channel_id)}/messages"
         return await self._list(ChatMessage, path, params=params, limit=top)
+
+    async def get_message(self, team_id: str, channel_id: str, message_id: str) -> ChatMessage:
+        """One root message of a channel (not a reply: see `get_reply`)."""
+        return await self._get(ChatMessage, _message_path(team_id, channel_id, message_id))
+
+    async def get_reply(
+        self, team_id: str, channel_id: str, message_id: str, reply_id: str
+    ) -> ChatMessage:
+        """One reply in the thread of root message `message_id`."""
+        path = (
+            f"{_message_path(team_id, channel_id, message_id)}"
+            f"/replies/{segment(reply_id, 'reply_id')}"
+        )
+        return await self._get(ChatMessage, path)
+
+    async def list_replies(
+        self, team_id: str, channel_id: str, message_id: str, *, top: int | None = None
+    ) -> list[ChatMessage]:
+        """The replies to a root message, newest first as Graph lists them; at most `top`."""
+        params = _top_params(top)
+        path = f"{_message_path(team_id, channel_id, message_id)}/replies"
+        return await self._list(ChatMessage, path, params=params, limit=top)
+
+    async def message_delta(
+        self, team_id: str, channel_id: str, delta_link: str | None = None
+    ) -> tuple[list[ChatMessage], str]:
+        """The channel's root messages changed since `delta_link` (all of them without one),
+        following every page, and the `@odata.deltaLink` to pass next time.
+
+        `delta_link` must be one Graph gave for this channel: a link outside the Graph URL
+        is refused before the token is sent anywhere.
+        """
+        path = f"{_channel_path(team_id, channel_id)}/messages/delta"
+        if delta_link is not None and not self._is_graph_link(delta_link):
+            raise BadRequestError(
+                f"delta_link must be an @odata.deltaLink Microsoft Graph gave, under "
+                f"{self.graph_url}"
+            )
+        items: list[dict[str, Any]] = []
+        url = delta_link or path
+        async with self._connection() as http:
+            for _ in range(self.retry.max_pages):
+                page = await self._request(http, "GET", url)
+                items.extend(page.get("value") or [])
+                next_link = page.get("@odata.nextLink")
+                if next_link:
+                    url = next_link
+                    continue
+                new_link = page.get("@odata.deltaLink")
+                if not isinstance(new_link, str) or not self._is_graph_link(new_link):
+                    raise GraphError(
+                        502,
+                        "InvalidResponse",
+                        f"Microsoft Graph ended the delta of {path} without an @odata.deltaLink "
+                        "under the Graph URL",
+                    )
+                return [parse(ChatMessage, item) for item in items], new_link
+        raise GraphError(
+            502,
+            "TooManyPages",
+            f"Microsoft Graph returned more than {self.retry.max_pages} pages for {path}; "
+            "narrow the request",
+        )
 
     async def send_message(
         self, team_id: str, channel_id: str, content: str, **options: Unpack[MessageOptions]
@@ -116,6 +187,11 @@ class MicrosoftTeamsClient(GraphClient):
         body = build_message(content, **options)
         await self._pace(team_id, channel_id)
         return await self._post(ChatMessage, path, body)
+
+    def _is_graph_link(self, link: str) -> bool:
+        """An absolute link to the Graph URL's origin (the transport's nextLink rule)."""
+        absolute = link.startswith(("https://", "http://"))
+        return absolute and origin(link) == origin(self.graph_url)
 
     async def _pace(self, team_id: str, channel_id: str) -> None:
         """Wait for this send's slot under Teams' limits."""

@@ -96,3 +96,35 @@ class WebhookDelivery(Base):
     # A worker's lease: claimed rows are skipped until then; a crashed worker's lease lapses
     # and another worker retries the delivery.
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class InboundKind(StrEnum):
+    CHANGE = "change"  # a message or reply was created: fetch it, then enqueue its webhook
+    LIFECYCLE = "lifecycle"  # reauthorizationRequired, subscriptionRemoved, missed
+
+
+class InboundNotification(Base):
+    """What Microsoft sent, kept before we answer 202 (Graph retries an unanswered one for
+    hours, but an answered one is ours to keep): the work it calls for is done afterwards."""
+
+    __tablename__ = "inbound_notifications"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(
+            "notification_subscriptions.id",
+            ondelete="CASCADE",
+            name="fk_inbound_notifications_subscription_id",
+        ),
+        index=True,
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    # Change: Graph's resource path (`teams('…')/channels('…')/messages('…')[/replies('…')]`).
+    resource: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Lifecycle: the event's name.
+    lifecycle_event: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Unset until the work is done; the processing job scans for these.
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
