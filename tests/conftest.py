@@ -84,6 +84,8 @@ def make_settings(
         "tracecat_data_dir": data_dir,
         "tracecat_encryption_keys": [ENCRYPTION_KEY],
         "tracecat_refresh_interval_seconds": 0,
+        # Webhook targets in the tests are local receivers, as with `serve --emulator`.
+        "tracecat_webhook_allowed_networks": ["127.0.0.0/8"],
     }
     values.update(extra)
     return Settings(**values)

@@ -18,6 +18,8 @@ from tracecat.db import Database
 from tracecat.graph.pacing import pacer_from_settings
 from tracecat.graph.transport import GraphPool
 from tracecat.jobs import Job, JobRunner
+from tracecat.notifications.delivery import DeliveryWorker
+from tracecat.notifications.processing import NotificationProcessor
 
 
 class AppResources:
@@ -40,10 +42,16 @@ class AppResources:
             pacer=self.pacer,
             clock=clock,
         )
+        # Change notifications: what Microsoft sent is turned into webhooks in the outbox,
+        # which the worker delivers. Both poll with one cheap read when idle.
+        self.notifications = NotificationProcessor(self.database, self.integrations, clock)
+        self.deliveries = DeliveryWorker.from_settings(self.database, settings, clock=clock)
         self.jobs = JobRunner()
         if settings.tracecat_refresh_interval_seconds > 0:
             interval = settings.tracecat_refresh_interval_seconds
             self.jobs.add(Job("token-sweep", interval, self.integrations.refresh_due))
+        self.jobs.add(Job("notification-processing", 1, self.notifications.run_once))
+        self.jobs.add(Job("webhook-delivery", 1, self.deliveries.run_once))
 
     def start(self) -> None:
         self.jobs.start()
@@ -51,6 +59,7 @@ class AppResources:
     async def aclose(self) -> None:
         """Stop the jobs first (they use everything else), then close in reverse order."""
         await self.jobs.stop()
+        await self.deliveries.aclose()
         self.provider.close()
         await self.pacer.aclose()
         await self.graph_pool.aclose()

@@ -634,3 +634,84 @@ async def test_redis_pacer_is_shared_by_two_processes(emulated: EmulatedTeams) -
     assert len(emulated.stored_messages()) == 2
     for teams in clients:
         await teams.pacer.aclose()
+
+
+# -- reading messages, replies and the delta -----------------------------------------------------
+
+
+async def test_read_a_message_a_reply_and_its_replies(emulated: EmulatedTeams) -> None:
+    emulated.configure(page_sizes={"replies": 2})
+    client = emulated.client()
+    root = await client.send_message(SECOPS, ALERTS, "root")
+    replies = [await client.reply_to_message(SECOPS, ALERTS, root.id, f"r{i}") for i in range(3)]
+    message = await client.get_message(SECOPS, ALERTS, root.id)
+    assert (message.id, message.body.content, message.reply_to_id) == (root.id, "root", None)
+    reply = await client.get_reply(SECOPS, ALERTS, root.id, replies[1].id)
+    assert (reply.id, reply.body.content, reply.reply_to_id) == (replies[1].id, "r1", root.id)
+    replies_path = f"{ALERTS_MESSAGES}/{root.id}/replies"
+    listed = await client.list_replies(SECOPS, ALERTS, root.id)
+    assert [r.body.content for r in listed] == ["r2", "r1", "r0"]  # newest first, as Graph
+    assert emulated.calls("GET", replies_path) == 2  # two to a page
+    newest = await client.list_replies(SECOPS, ALERTS, root.id, top=1)
+    assert [r.id for r in newest] == [replies[2].id]
+    assert emulated.calls("GET", replies_path) == 3
+    with pytest.raises(GraphError) as missing:
+        await client.get_reply(SECOPS, ALERTS, root.id, "1")
+    assert missing.value.status_code == 404
+
+
+async def test_message_reads_refuse_path_like_ids(emulated: EmulatedTeams) -> None:
+    client = emulated.client()
+    with pytest.raises(BadRequestError):
+        await client.get_message(SECOPS, ALERTS, "..")
+    with pytest.raises(BadRequestError):
+        await client.get_reply(SECOPS, ALERTS, "1", "a/b")
+    with pytest.raises(BadRequestError):
+        await client.list_replies(SECOPS, ALERTS, "1", top=0)
+    assert emulated.stats()["graph_request_log"] == []
+
+
+async def test_delta_pages_then_its_link_gives_only_newer_root_messages(
+    emulated: EmulatedTeams,
+) -> None:
+    emulated.configure(page_sizes={"messages": 2})
+    client = emulated.client()
+    first = [await client.send_message(SECOPS, ALERTS, f"m{i}") for i in range(5)]
+    await client.reply_to_message(SECOPS, ALERTS, first[0].id, "a reply")
+    delta_path = f"{ALERTS_MESSAGES}/delta"
+    messages, link = await client.message_delta(SECOPS, ALERTS)
+    assert [m.body.content for m in messages] == ["m0", "m1", "m2", "m3", "m4"]  # oldest first
+    assert emulated.calls("GET", delta_path) == 3  # every page followed
+    assert link.startswith(emulated.emulator.graph_url) and "$deltatoken=" in link
+
+    unchanged, _ = await client.message_delta(SECOPS, ALERTS, link)
+    assert unchanged == []
+    await client.reply_to_message(SECOPS, ALERTS, first[1].id, "another reply")
+    later = [await client.send_message(SECOPS, ALERTS, f"n{i}") for i in range(3)]
+    newer, next_link = await client.message_delta(SECOPS, ALERTS, link)
+    assert [m.id for m in newer] == [m.id for m in later]  # no replies, nothing seen before
+    assert next_link != link
+    assert (await client.message_delta(SECOPS, ALERTS, next_link))[0] == []
+
+
+async def test_delta_link_outside_graph_is_refused_before_sending(
+    emulated: EmulatedTeams,
+) -> None:
+    client = emulated.client()
+    _, link = await client.message_delta(SECOPS, ALERTS)
+    foreign = link.replace(emulated.emulator.graph_url, "https://evil.example/v1.0")
+    for bad in (foreign, "/teams/x/channels/y/messages/delta?$deltatoken=1"):
+        with pytest.raises(BadRequestError):
+            await client.message_delta(SECOPS, ALERTS, bad)
+    assert emulated.calls("GET", f"{ALERTS_MESSAGES}/delta") == 1
+
+
+async def test_delta_next_link_to_another_host_is_refused(emulated: EmulatedTeams) -> None:
+    delta_path = f"{ALERTS_MESSAGES}/delta"
+    emulated.fault(
+        kind="foreign_next_link", target=delta_path, next_link_base="https://evil.example"
+    )
+    with pytest.raises(GraphError) as caught:
+        await emulated.client().message_delta(SECOPS, ALERTS)
+    assert caught.value.code == "UnexpectedNextLink"
+    assert emulated.calls("GET", delta_path) == 1

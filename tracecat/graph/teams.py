@@ -125,10 +125,12 @@ class MicrosoftTeamsClient(GraphClient):
         self, team_id: str, channel_id: str, delta_link: str | None = None
     ) -> tuple[list[ChatMessage], str]:
         """The channel's root messages changed since `delta_link` (all of them without one),
-        following every page, and the `@odata.deltaLink` to pass next time.
+        following every page, and the `@odata.deltaLink` to pass next time. Replies are not
+        in a delta (read them with `list_replies`); a deleted message has `deleted_date_time`.
 
-        `delta_link` must be one Graph gave for this channel: a link outside the Graph URL
-        is refused before the token is sent anywhere.
+        `delta_link` is followed as given (it names its channel itself), so it must be the
+        one Graph gave for this channel; one outside the Graph URL is refused (BadRequestError)
+        before the token is sent anywhere.
         """
         path = f"{_channel_path(team_id, channel_id)}/messages/delta"
         if delta_link is not None and not self._is_graph_link(delta_link):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,13 +113,29 @@ def _verdict(subscription: NotificationSubscription | None, item: _Item) -> str:
     return "accepted"
 
 
-async def pending(database: Database, limit: int = 100) -> Sequence[InboundNotification]:
-    """Stored notifications whose work is not done yet, oldest first."""
-    async with database.session() as session:
-        rows = await session.scalars(
-            select(InboundNotification)
-            .where(InboundNotification.processed_at.is_(None))
-            .order_by(InboundNotification.received_at)
-            .limit(limit)
-        )
-        return list(rows)
+@dataclass(frozen=True)
+class Pending:
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    kind: str
+    resource: str | None
+
+
+_PENDING = (
+    select(
+        InboundNotification.id,
+        InboundNotification.subscription_id,
+        InboundNotification.kind,
+        InboundNotification.resource,
+    )
+    .where(InboundNotification.processed_at.is_(None))
+    .order_by(InboundNotification.received_at)
+    .limit(bindparam("limit"))
+)
+
+
+async def pending(database: Database, limit: int = 100) -> Sequence[Pending]:
+    """Stored notifications whose work is not done yet, oldest first. One statement with no
+    transaction: the job polls every second, and on SQLite a transaction takes the write lock."""
+    rows = await database.fetch_all(_PENDING, {"limit": limit})
+    return [Pending(*list(row)) for row in rows]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -147,12 +147,30 @@ def _due(now: datetime, limit: int) -> Any:
     )
 
 
+_ANY_DUE = (
+    select(WebhookDelivery.id)
+    .where(
+        WebhookDelivery.status == DeliveryStatus.PENDING,
+        WebhookDelivery.next_attempt_at <= bindparam("now"),
+        or_(
+            WebhookDelivery.locked_until.is_(None),
+            WebhookDelivery.locked_until <= bindparam("now"),
+        ),
+    )
+    .limit(1)
+)
+
+
 async def claim_due(
     database: Database, now: datetime, limit: int, lease: timedelta
 ) -> list[ClaimedDelivery]:
     """Claim up to `limit` due deliveries for `lease` and commit: until the lease lapses no
     other worker (process or instance) claims them."""
     locked_until = now + lease
+    # A cheap look first, without a transaction: the worker polls every second, and an empty
+    # outbox (the usual case) must not take SQLite's write lock or a PostgreSQL row lock.
+    if not await database.fetch_all(_ANY_DUE, {"now": now}):
+        return []
     async with database.session() as session, session.begin():
         claim = (
             update(WebhookDelivery)
