@@ -126,10 +126,15 @@ class Api:
         return sum(self.refresh_outcomes().values())
 
     @contextmanager
-    def another_server(self, *, clock: Clock | None = None, **settings: object) -> Iterator[str]:
+    def another_server(
+        self, *, clock: Clock | None = None, public_url_is_self: bool = False, **settings: object
+    ) -> Iterator[str]:
         """A second app on the same database and emulator, with some settings changed; on
-        the same clock unless given another."""
+        the same clock unless given another. `public_url_is_self`: TRACECAT_PUBLIC_URL is the
+        server's own URL, so the emulator's notifications reach it."""
         port = free_port()
+        if public_url_is_self:
+            settings["tracecat_public_url"] = f"http://127.0.0.1:{port}"
         data_dir = self.settings.tracecat_data_dir
         changed = make_settings(self.emulator, self.database_url, data_dir, port, **settings)
         app = create_app(changed, clock=clock or self.clock)

@@ -21,6 +21,7 @@ from tracecat.config import Settings
 from tracecat.exceptions import DecryptionError, TracecatError
 from tracecat.logs import redact_access_log
 from tracecat.middleware import EdgeMiddleware
+from tracecat.notifications.api import router as subscriptions_router
 from tracecat.notifications.router import router as notifications_router
 from tracecat.resources import AppResources
 from tracecat.web.pages import Pages, static_files
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     app = FastAPI(title="tracecat-integrations", lifespan=lifespan)
     app.add_middleware(EdgeMiddleware)
     app.include_router(integrations_router)
+    app.include_router(subscriptions_router)
     app.include_router(notifications_router)
     app.mount("/static", static_files(), name="static")
     _add_error_handlers(app)

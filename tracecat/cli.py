@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -147,10 +148,19 @@ def serve(
             }
         )
     public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    settings = settings.model_copy(
-        update={"microsoft_redirect_uri": settings.redirect_uri(public_host, port)}
-    )
     where = f"http://{public_host}:{port}"
+    update: dict[str, object] = {"microsoft_redirect_uri": settings.redirect_uri(public_host, port)}
+    if emulator:
+        # The emulator notifies this server, and a newcomer's receiver is local: unless set,
+        # Microsoft reaches us at our own address and webhook targets may be on loopback.
+        if settings.tracecat_public_url is None:
+            update["tracecat_public_url"] = where
+        if "tracecat_webhook_allowed_networks" not in settings.model_fields_set:
+            update["tracecat_webhook_allowed_networks"] = [
+                ipaddress.ip_network("127.0.0.0/8"),
+                ipaddress.ip_network("::1/128"),
+            ]
+    settings = settings.model_copy(update=update)
     if server:
         typer.echo(f"Microsoft emulator: login and Graph at {server.authority_host} (offline)")
     typer.echo(

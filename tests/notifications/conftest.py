@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENCRYPTION_KEY, truncate_all
+from tests.conftest import ENCRYPTION_KEY, POSTGRES_ADMIN_URL, Api, _run, truncate_all
 from tracecat.auth.models import User
 from tracecat.crypto import Keyring
 from tracecat.db import Database, upgrade_schema
@@ -30,18 +30,38 @@ def open_database(database_url: str) -> Database:
 
 
 @pytest.fixture(scope="session")
-def upgraded_url(database_url: str) -> str:
-    upgrade_schema(database_url)
-    return database_url
+def upgraded_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of the same kind as `database_url` but of its own: the session's test app
+    runs a delivery worker on `database_url`, which would claim these tests' deliveries."""
+    if database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path_factory.mktemp('outbox') / 'outbox.db'}"
+        upgrade_schema(url)
+        yield url
+        return
+    name = f"tracecat_outbox_{uuid.uuid4().hex[:12]}"
+    _run(f'CREATE DATABASE "{name}"', POSTGRES_ADMIN_URL)
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade_schema(url)
+    yield url
+    _run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', POSTGRES_ADMIN_URL)
 
 
 @pytest.fixture
 async def database(upgraded_url: str) -> AsyncIterator[Database]:
+    """An outbox no app's worker touches: what the tests enqueue stays theirs."""
     database_url = upgraded_url
     db = open_database(database_url)
     yield db
     await db.dispose()
     await asyncio.to_thread(truncate_all, database_url)
+
+
+@pytest.fixture
+async def app_database(api: Api) -> AsyncIterator[Database]:
+    """The live test app's own database (the `api` fixture empties it after each test)."""
+    db = open_database(api.database_url)
+    yield db
+    await db.dispose()
 
 
 async def make_subscription(

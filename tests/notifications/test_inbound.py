@@ -72,31 +72,35 @@ async def test_the_validation_handshake_echoes_the_decoded_token(api: Api) -> No
             assert answer.text == token
 
 
-async def test_a_genuine_notification_is_kept_before_the_202(api: Api, database: Database) -> None:
-    subscription = await _subscribed(database)
+async def test_a_genuine_notification_is_kept_before_the_202(
+    api: Api, app_database: Database
+) -> None:
+    subscription = await _subscribed(app_database)
     async with httpx.AsyncClient(base_url=api.url) as client:
         answer = await client.post(NOTIFICATIONS, json=change())
     assert answer.status_code == 202
-    (kept,) = await _kept(database)
+    (kept,) = await _kept(app_database)
     assert kept.subscription_id == subscription.id and kept.kind == "change"
     assert kept.resource == RESOURCE and kept.processed_at is None
 
 
-async def test_forged_notifications_are_dropped_and_counted(api: Api, database: Database) -> None:
-    await _subscribed(database)
+async def test_forged_notifications_are_dropped_and_counted(
+    api: Api, app_database: Database
+) -> None:
+    await _subscribed(app_database)
     before = {o: _dropped(api, o) for o in ("bad_client_state", "unknown_subscription")}
     async with httpx.AsyncClient(base_url=api.url) as client:
         # The same answer as a genuine one: a forger learns nothing.
         wrong = await client.post(NOTIFICATIONS, json=change(client_state=CLIENT_STATE[:-1] + "x"))
         unknown = await client.post(NOTIFICATIONS, json=change(subscription_id="not-ours"))
     assert wrong.status_code == unknown.status_code == 202
-    assert await _kept(database) == []
+    assert await _kept(app_database) == []
     assert _dropped(api, "bad_client_state") == before["bad_client_state"] + 1
     assert _dropped(api, "unknown_subscription") == before["unknown_subscription"] + 1
 
 
-async def test_lifecycle_events_are_kept(api: Api, database: Database) -> None:
-    await _subscribed(database)
+async def test_lifecycle_events_are_kept(api: Api, app_database: Database) -> None:
+    await _subscribed(app_database)
     event = {
         "value": [
             {
@@ -113,11 +117,11 @@ async def test_lifecycle_events_are_kept(api: Api, database: Database) -> None:
         event["value"][0]["lifecycleEvent"] = "somethingElse"
         refused = await client.post(LIFECYCLE, json=event)
     assert refused.status_code == 400 and "lifecycle" in refused.json()["detail"]
-    (kept,) = await _kept(database)
+    (kept,) = await _kept(app_database)
     assert kept.kind == "lifecycle" and kept.lifecycle_event == "reauthorizationRequired"
 
 
-async def test_a_body_that_is_no_notification_is_a_400(api: Api, database: Database) -> None:
+async def test_a_body_that_is_no_notification_is_a_400(api: Api, app_database: Database) -> None:
     async with httpx.AsyncClient(base_url=api.url) as client:
         for body in (b"not json", b"[]", b'{"value": [{"subscriptionId": 1}]}', b'{"value": 3}'):
             answer = await client.post(
@@ -125,4 +129,4 @@ async def test_a_body_that_is_no_notification_is_a_400(api: Api, database: Datab
             )
             assert answer.status_code == 400, body
             assert isinstance(answer.json()["detail"], str)
-    assert await _kept(database) == []
+    assert await _kept(app_database) == []

@@ -68,10 +68,10 @@ async def test_enqueue_is_part_of_the_callers_transaction(database: Database) ->
 
 
 async def test_a_due_delivery_is_claimed_by_exactly_one_of_two_workers(
-    database: Database, database_url: str
+    database: Database, upgraded_url: str
 ) -> None:
     subscription = await make_subscription(database, "https://hooks.example.com/x")
-    other = open_database(database_url)
+    other = open_database(upgraded_url)
     try:
         for round_ in range(5):
             await enqueue(database, subscription, chat_message(f"m{round_}"))
@@ -85,12 +85,12 @@ async def test_a_due_delivery_is_claimed_by_exactly_one_of_two_workers(
 
 
 async def test_concurrent_claims_are_disjoint_and_cover_everything(
-    database: Database, database_url: str
+    database: Database, upgraded_url: str
 ) -> None:
     subscription = await make_subscription(database, "https://hooks.example.com/x")
     for number in range(30):
         await enqueue(database, subscription, chat_message(f"m{number}"))
-    workers = [open_database(database_url) for _ in range(3)]
+    workers = [open_database(upgraded_url) for _ in range(3)]
     try:
         now = datetime.now(UTC)
         claims = await asyncio.gather(*(outbox.claim_due(w, now, 12, LEASE) for w in workers))
@@ -104,13 +104,13 @@ async def test_concurrent_claims_are_disjoint_and_cover_everything(
 # PostgreSQL only: SQLite has one writer at a time, so there a claim waits and cannot skip.
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_postgresql_skips_rows_another_worker_is_claiming(
-    database: Database, database_url: str
+    database: Database, upgraded_url: str
 ) -> None:
     subscription = await make_subscription(database, "https://hooks.example.com/x")
     await enqueue(database, subscription, chat_message("held"), datetime.now(UTC) - timedelta(1))
     await enqueue(database, subscription, chat_message("free"))
     held = outbox.webhook_id(subscription.id, MESSAGE_CREATED, "held")
-    other = open_database(database_url)
+    other = open_database(upgraded_url)
     try:
         async with other.session() as session, session.begin():
             # A worker in the middle of its claim: the row is locked, not yet leased.

@@ -1,0 +1,94 @@
+"""Routes under /auth/integrations/microsoft/subscriptions (API key): a user's subscriptions
+to a channel's messages, relayed as signed webhooks to their target. Thin: the work is in
+`service.py`, the JSON in `schemas.py`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from tracecat.deps import CurrentUser, ResourcesDep
+from tracecat.notifications.schemas import (
+    CreateSubscriptionRequest,
+    DeliveryResponse,
+    SecretResponse,
+    SubscriptionCreated,
+    SubscriptionResponse,
+)
+from tracecat.notifications.service import MAX_DELIVERIES, NotificationService
+
+router = APIRouter(prefix="/auth/integrations/microsoft/subscriptions", tags=["subscriptions"])
+
+
+async def get_notification_service(resources: ResourcesDep) -> NotificationService:
+    return NotificationService(
+        resources.database,
+        resources.integrations,
+        resources.settings,
+        resources.clock,
+        resources.graph_pool,
+    )
+
+
+Service = Annotated[NotificationService, Depends(get_notification_service)]
+
+
+@router.post("", response_model=SubscriptionCreated, status_code=status.HTTP_201_CREATED)
+async def create_subscription(
+    body: CreateSubscriptionRequest, user: CurrentUser, service: Service
+) -> SubscriptionCreated:
+    """Subscribe `target_url` to new messages and replies in a channel. The answer carries the
+    signing secret (`whsec_...`), shown only here."""
+    row, secret = await service.create(user.id, body.team_id, body.channel_id, body.target_url)
+    return SubscriptionCreated(**SubscriptionResponse.from_row(row).model_dump(), secret=secret)
+
+
+@router.get("", response_model=list[SubscriptionResponse])
+async def list_subscriptions(user: CurrentUser, service: Service) -> list[SubscriptionResponse]:
+    return [SubscriptionResponse.from_row(row) for row in await service.list_subscriptions(user.id)]
+
+
+@router.get("/{subscription_id}", response_model=SubscriptionResponse)
+async def get_subscription(
+    subscription_id: str, user: CurrentUser, service: Service
+) -> SubscriptionResponse:
+    return SubscriptionResponse.from_row(await service.get(user.id, subscription_id))
+
+
+@router.delete("/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_subscription(subscription_id: str, user: CurrentUser, service: Service) -> None:
+    await service.delete(user.id, subscription_id)
+
+
+@router.post("/{subscription_id}/rotate-secret", response_model=SecretResponse)
+async def rotate_secret(
+    subscription_id: str, user: CurrentUser, service: Service
+) -> SecretResponse:
+    """A new signing secret; for 24 hours webhooks are signed by the previous one too."""
+    return SecretResponse(secret=await service.rotate_secret(user.id, subscription_id))
+
+
+@router.get("/{subscription_id}/deliveries", response_model=list[DeliveryResponse])
+async def list_deliveries(
+    subscription_id: str,
+    user: CurrentUser,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=MAX_DELIVERIES)] = MAX_DELIVERIES,
+) -> list[DeliveryResponse]:
+    """Newest first."""
+    rows = await service.deliveries(user.id, subscription_id, limit)
+    return [DeliveryResponse.from_row(row) for row in rows]
+
+
+@router.post(
+    "/{subscription_id}/deliveries/{delivery_id}/retry",
+    response_model=DeliveryResponse,
+    status_code=status.HTTP_202_ACCEPTED,
+)
+async def retry_delivery(
+    subscription_id: str, delivery_id: str, user: CurrentUser, service: Service
+) -> DeliveryResponse:
+    """Send a pending or failed delivery again now; 409 once delivered."""
+    delivery = await service.retry_delivery(user.id, subscription_id, delivery_id)
+    return DeliveryResponse.from_row(delivery)
