@@ -98,3 +98,25 @@ async def test_the_token_sweep_survives_a_database_error(
         await database.dispose()
     failures = [r for r in caplog.records if "token-sweep failed" in r.getMessage()]
     assert len(failures) == 3  # every pass failed, and the sweep went on
+
+
+async def test_wake_runs_a_job_now_instead_of_after_its_pause() -> None:
+    runs: list[int] = []
+    ran = asyncio.Event()
+
+    async def count() -> None:
+        runs.append(len(runs))
+        ran.set()
+
+    runner = JobRunner()
+    runner.add(Job("hourly", 3600, count))
+    runner.start()
+    try:
+        await asyncio.wait_for(ran.wait(), 10)  # the first run, at start
+        ran.clear()
+        runner.wake("hourly")
+        await asyncio.wait_for(ran.wait(), 10)  # long before the hour is up
+        runner.wake("no-such-job")  # nothing to wake: no error
+    finally:
+        await runner.stop()
+    assert runs == [0, 1]

@@ -52,11 +52,20 @@ class JobRunner:
     random: Callable[[], float] = random.random
     _jobs: list[Job] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _wakes: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def add(self, job: Job) -> None:
         if job.interval <= 0:
             raise ValueError(f"job {job.name}: the interval must be positive")
         self._jobs.append(job)
+        self._wakes[job.name] = asyncio.Event()
+
+    def wake(self, name: str) -> None:
+        """Run job `name` now instead of at the end of its pause (new work just arrived in
+        this process; other instances find it at their next tick). Unknown names: nothing."""
+        event = self._wakes.get(name)
+        if event is not None:
+            event.set()
 
     @property
     def names(self) -> list[str]:
@@ -90,6 +99,18 @@ class JobRunner:
         return True
 
     async def _loop(self, job: Job) -> None:
+        wake = self._wakes[job.name]
         while True:
+            wake.clear()  # what arrives from here on is seen by this run or wakes the next
             await self.run_once(job)
-            await self.sleep(job.interval * (1 + job.jitter * self.random()))
+            await self._pause(job, wake)
+
+    async def _pause(self, job: Job, wake: asyncio.Event) -> None:
+        """The job's interval (with jitter), cut short by `wake`."""
+        pause = asyncio.ensure_future(self.sleep(job.interval * (1 + job.jitter * self.random())))
+        woken = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({pause, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pause, woken):
+                task.cancel()

@@ -18,8 +18,15 @@ from tracecat.db import Database
 from tracecat.graph.pacing import pacer_from_settings
 from tracecat.graph.transport import GraphPool
 from tracecat.jobs import Job, JobRunner
+from tracecat.notifications.catch_up import CatchUp
 from tracecat.notifications.delivery import DeliveryWorker
+from tracecat.notifications.maintenance import SubscriptionMaintenance
 from tracecat.notifications.processing import NotificationProcessor
+
+# Jobs that new work can wake at once in this process (other instances poll).
+PROCESSING_JOB = "notification-processing"
+DELIVERY_JOB = "webhook-delivery"
+LIFECYCLE_JOB = "subscription-lifecycle"
 
 
 class AppResources:
@@ -44,14 +51,34 @@ class AppResources:
         )
         # Change notifications: what Microsoft sent is turned into webhooks in the outbox,
         # which the worker delivers. Both poll with one cheap read when idle.
-        self.notifications = NotificationProcessor(self.database, self.integrations, clock)
+        self.notifications = NotificationProcessor(
+            self.database, self.integrations, clock, on_enqueued=self.deliveries_due
+        )
         self.deliveries = DeliveryWorker.from_settings(self.database, settings, clock=clock)
         self.jobs = JobRunner()
         if settings.tracecat_refresh_interval_seconds > 0:
             interval = settings.tracecat_refresh_interval_seconds
             self.jobs.add(Job("token-sweep", interval, self.integrations.refresh_due))
-        self.jobs.add(Job("notification-processing", 1, self.notifications.run_once))
-        self.jobs.add(Job("webhook-delivery", 1, self.deliveries.run_once))
+        self.jobs.add(Job(PROCESSING_JOB, 1, self.notifications.run_once))
+        self.jobs.add(Job(DELIVERY_JOB, 1, self.deliveries.run_once))
+        # Subscriptions outlive Graph's 3 days only if renewed; lifecycle events are acted on;
+        # what notifications missed (downtime, a parked grant) is read back from the channel.
+        self.catch_up = CatchUp(self.database, self.integrations, clock)
+        self.maintenance = SubscriptionMaintenance(
+            self.database, self.integrations, clock, self.catch_up
+        )
+        self.jobs.add(Job("subscription-renewal", 60, self.maintenance.run_once))
+        self.jobs.add(Job(LIFECYCLE_JOB, 2, self.maintenance.process_lifecycle))
+        if settings.tracecat_resync_interval_seconds > 0:
+            interval = settings.tracecat_resync_interval_seconds
+            self.jobs.add(Job("notification-catch-up", interval, self.catch_up.run_once))
+
+    def notifications_kept(self, lifecycle: bool) -> None:
+        """Microsoft's notifications were just stored: act on them now, not at the next tick."""
+        self.jobs.wake(LIFECYCLE_JOB if lifecycle else PROCESSING_JOB)
+
+    def deliveries_due(self) -> None:
+        self.jobs.wake(DELIVERY_JOB)
 
     def start(self) -> None:
         self.jobs.start()

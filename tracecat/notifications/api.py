@@ -87,8 +87,13 @@ async def list_deliveries(
     status_code=status.HTTP_202_ACCEPTED,
 )
 async def retry_delivery(
-    subscription_id: str, delivery_id: str, user: CurrentUser, service: Service
+    subscription_id: str,
+    delivery_id: str,
+    user: CurrentUser,
+    service: Service,
+    resources: ResourcesDep,
 ) -> DeliveryResponse:
     """Send a pending or failed delivery again now; 409 once delivered."""
     delivery = await service.retry_delivery(user.id, subscription_id, delivery_id)
+    resources.deliveries_due()
     return DeliveryResponse.from_row(delivery)

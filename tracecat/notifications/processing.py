@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,10 +61,18 @@ class MessagePath:
 class NotificationProcessor:
     """One pass (`run_once`, a Job) works through the kept notifications, oldest first."""
 
-    def __init__(self, database: Database, integrations: IntegrationService, clock: Clock) -> None:
+    def __init__(
+        self,
+        database: Database,
+        integrations: IntegrationService,
+        clock: Clock,
+        on_enqueued: Callable[[], None] | None = None,
+    ) -> None:
         self.database = database
         self.integrations = integrations
         self.clock = clock
+        # Told when a webhook entered the outbox, so the delivery worker starts at once.
+        self.on_enqueued = on_enqueued
 
     async def run_once(self, limit: int = 100) -> int:
         done = 0
@@ -116,10 +125,14 @@ class NotificationProcessor:
             if message is not None and _after(message, subscription.created_at):
                 # Graph's JSON, as Graph returned it (unknown fields were kept).
                 raw = message.model_dump(mode="json", by_alias=True, exclude_none=True)
-                await outbox.enqueue(session, subscription, raw, now=now)
+                enqueued = await outbox.enqueue(session, subscription, raw, now=now)
+            else:
+                enqueued = False
             row.processed_at = now
             row.last_error = note
             await session.commit()
+        if enqueued and self.on_enqueued is not None:
+            self.on_enqueued()
         return 1
 
     async def _failed(self, item: inbound.Pending, exc: TracecatError) -> int:

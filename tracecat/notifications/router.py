@@ -31,7 +31,8 @@ async def _handle(
         body = await request.json()
     except ValueError:
         raise BadRequestError("the body must be JSON: a Microsoft Graph notification") from None
-    await inbound.receive(resources.database, body, kind, resources.clock)
+    if await inbound.receive(resources.database, body, kind, resources.clock):
+        resources.notifications_kept(lifecycle=kind is InboundKind.LIFECYCLE)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 
