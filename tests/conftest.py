@@ -83,7 +83,9 @@ def make_settings(
         "database_url": database_url,
         "tracecat_data_dir": data_dir,
         "tracecat_encryption_keys": [ENCRYPTION_KEY],
-        "tracecat_refresh_interval_seconds": 0,
+        "tracecat_refresh_interval_seconds": 0,  # no token sweep or subscription renewal
+        # No periodic catch-up either: tests run these passes themselves, when they mean to.
+        "tracecat_resync_interval_seconds": 0,
         # Webhook targets in the tests are local receivers, as with `serve --emulator`.
         "tracecat_webhook_allowed_networks": ["127.0.0.0/8"],
     }

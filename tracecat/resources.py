@@ -67,7 +67,10 @@ class AppResources:
         self.maintenance = SubscriptionMaintenance(
             self.database, self.integrations, clock, self.catch_up
         )
-        self.jobs.add(Job("subscription-renewal", 60, self.maintenance.run_once))
+        if settings.tracecat_refresh_interval_seconds > 0:
+            # The loop that keeps tokens fresh keeps subscriptions alive too (issue 10).
+            interval = settings.tracecat_refresh_interval_seconds
+            self.jobs.add(Job("subscription-renewal", interval, self.maintenance.run_once))
         self.jobs.add(Job(LIFECYCLE_JOB, 2, self.maintenance.process_lifecycle))
         if settings.tracecat_resync_interval_seconds > 0:
             interval = settings.tracecat_resync_interval_seconds
