@@ -17,18 +17,18 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 import httpx
-import msal
 import pytest
 
 from tests.utils.connections import ConnectionWatch
+from tests.utils.graph_sign_in import graph_token
 from tests.utils.polling import eventually
 from tests.utils.server import CONTROL_HEADERS
 from tracecat.auth.integrations.microsoft import MicrosoftTeamsClient
 from tracecat.config import Settings, get_settings
-from tracecat.emulator.constants import DEMO_APP_SCOPES, DEMO_USERS, GRAPH_RESOURCE
+from tracecat.emulator.constants import DEMO_USERS
 from tracecat.emulator.demo_data import JOINED_TEAMS, PRIVATE_TEAMS, channel_id_for, team_id_for
 from tracecat.emulator.server import EmulatorServer
 from tracecat.exceptions import BadRequestError, DeliveryUnknownError, GraphError
@@ -114,24 +114,8 @@ class EmulatedTeams:
 
 
 def sign_in(emulator: EmulatorServer, email: str) -> str:
-    """The auth code flow through MSAL, the browser step answered by login_hint."""
-    tls = ssl.create_default_context(cafile=str(emulator.ca_bundle))
-    with httpx.Client(verify=tls, timeout=10) as http:
-        app = msal.ConfidentialClientApplication(
-            emulator.client_id,
-            client_credential=emulator.client_secret,
-            authority=f"{emulator.authority_host}/common",
-            instance_discovery=False,
-            http_client=http,
-        )
-        scopes = [f"{GRAPH_RESOURCE}/{scope}" for scope in DEMO_APP_SCOPES]
-        redirect_uri = "http://localhost:8400/auth/callback"
-        flow = app.initiate_auth_code_flow(scopes, redirect_uri=redirect_uri, login_hint=email)
-        location = httpx.get(flow["auth_uri"], follow_redirects=False).headers["location"]
-        params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-        result = app.acquire_token_by_auth_code_flow(flow, params)
-    assert "access_token" in result, result
-    return result["access_token"]
+    """The auth code flow through MSAL for the demo app's scopes."""
+    return graph_token(emulator, email)
 
 
 @pytest.fixture

@@ -189,19 +189,24 @@ class SubscriptionMaintenance:
         # One read without a transaction (on SQLite a transaction takes the write lock).
         return [_Row(*list(row)) for row in await self.database.fetch_all(statement)]
 
-    async def _renew(self, row: _Row) -> bool:
-        """PATCH to a full lifetime; a subscription Graph lost is re-created and caught up."""
-        if row.graph_id is None:
-            return False
+    async def _renewed(self, row: _Row, graph_id: str) -> Subscription | None:
+        """PATCH to a full lifetime; None when Graph no longer has it."""
         expiration = self.clock.now() + self.lifetime
-        graph_id = row.graph_id
         try:
-            renewed = await self.integrations.call_graph(
+            return await self.integrations.call_graph(
                 row.user_id, self._client, lambda graph: graph.renew(graph_id, expiration)
             )
         except GraphError as exc:
             if exc.status_code != 404:
                 raise
+            return None
+
+    async def _renew(self, row: _Row) -> bool:
+        """PATCH to a full lifetime; a subscription Graph lost is re-created and caught up."""
+        if row.graph_id is None:
+            return False
+        renewed = await self._renewed(row, row.graph_id)
+        if renewed is None:
             return await self.recreate(row)
         await self._store(row, renewed.expiration_date_time, status=None)
         return True
@@ -215,17 +220,8 @@ class SubscriptionMaintenance:
             return False  # disconnected: nothing to resume with until they connect again
         if grant.status == GrantState.REVOKED:
             return False  # still refused: no Graph call until they reconnect
-        if row.graph_id is None:
-            return await self.recreate(row)
-        expiration = self.clock.now() + self.lifetime
-        graph_id = row.graph_id
-        try:
-            renewed = await self.integrations.call_graph(
-                row.user_id, self._client, lambda graph: graph.renew(graph_id, expiration)
-            )
-        except GraphError as exc:
-            if exc.status_code != 404:
-                raise
+        renewed = None if row.graph_id is None else await self._renewed(row, row.graph_id)
+        if renewed is None:
             return await self.recreate(row)
         if await self._store(row, renewed.expiration_date_time, status=SubscriptionStatus.ACTIVE):
             logger.info("Subscription %s resumed", row.id)
