@@ -11,8 +11,8 @@ import httpx
 import msal
 import pytest
 from emulator_support import ALICE, CONTROL_HEADERS, msal_sign_in
-from webhook_receiver import Receiver, running_receiver
 
+from tests.utils.webhook import Receiver, running_receiver
 from tracecat.emulator.server import EmulatorServer
 
 

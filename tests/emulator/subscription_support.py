@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 from emulator_support import GENERAL, SECOPS
-from webhook_receiver import Receiver
+
+from tests.utils.webhook import Receiver
 
 Graph = Callable[..., httpx.Response]
 Control = Callable[..., httpx.Response]

@@ -11,8 +11,8 @@ from urllib.parse import quote
 import pytest
 from emulator_support import ALICE, BOB, GENERAL, SECOPS, messages_path
 from subscription_support import FAST, Control, Graph, iso_in, subscribe
-from webhook_receiver import Receiver
 
+from tests.utils.webhook import Receiver
 from tracecat.emulator.constants import TENANT_ID
 
 pytestmark = pytest.mark.filterwarnings("ignore:response_mode:UserWarning")

@@ -26,8 +26,8 @@ from emulator_support import (
     msal_sign_in,
     refresh,
 )
-from webhook_receiver import running_receiver
 
+from tests.utils.webhook import running_receiver
 from tracecat.emulator.persistence import FLUSH_INTERVAL_SECONDS, restore, snapshot
 from tracecat.emulator.server import EmulatorServer
 from tracecat.emulator.state import EmulatorState

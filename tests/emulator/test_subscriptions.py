@@ -18,8 +18,8 @@ from subscription_support import (
     subscription_body,
 )
 from test_graph import assert_graph_error
-from webhook_receiver import Receiver
 
+from tests.utils.webhook import Receiver
 from tracecat.emulator.constants import DEMO_CLIENT_ID
 from tracecat.emulator.demo_data import team_id_for
 

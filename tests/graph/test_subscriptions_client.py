@@ -20,7 +20,7 @@ from tests.graph.test_teams_client import ALERTS, PRIVATE, SECOPS, EmulatedTeams
 from tests.utils.graph_sign_in import graph_token
 from tests.utils.polling import eventually
 from tests.utils.server import CONTROL_HEADERS
-from tests.utils.webhook import Webhook, running_webhook
+from tests.utils.webhook import Receiver, running_receiver
 from tracecat.config import Settings
 from tracecat.emulator.constants import DEMO_USERS
 from tracecat.emulator.server import EmulatorServer
@@ -76,13 +76,13 @@ def emulated(emulator: EmulatorServer) -> Iterator[Emulated]:
 
 
 @pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    with running_webhook() as hook:
+def webhook() -> Iterator[Receiver]:
+    with running_receiver() as hook:
         yield hook
 
 
 async def subscribe(
-    emulated: Emulated, webhook: Webhook, client: GraphSubscriptionsClient | None = None
+    emulated: Emulated, webhook: Receiver, client: GraphSubscriptionsClient | None = None
 ) -> Subscription:
     return await (client or emulated.subscriptions()).create(
         resource=channel_messages_resource(SECOPS, ALERTS),
@@ -139,7 +139,7 @@ def test_expiration_is_sent_as_utc_with_z() -> None:
 
 
 async def test_create_get_renew_reauthorize_and_delete(
-    emulated: Emulated, webhook: Webhook
+    emulated: Emulated, webhook: Receiver
 ) -> None:
     client = emulated.subscriptions()
     expiration = emulated.now() + timedelta(hours=2)
@@ -171,7 +171,7 @@ async def test_create_get_renew_reauthorize_and_delete(
     assert (await client.get(created.id)).expiration_date_time == later
 
     emulated.lifecycle(created.id, "reauthorizationRequired")
-    eventually(lambda: "/lifecycle" in webhook.notifications, timeout=10)
+    eventually(lambda: webhook.received("/lifecycle"), timeout=10)
     assert emulated.emulator_subscriptions()[0]["needsReauthorization"] is True
     assert await client.reauthorize(created.id) is None
     assert emulated.emulator_subscriptions()[0]["needsReauthorization"] is False
@@ -200,7 +200,7 @@ async def test_unknown_subscription_is_a_404_except_for_delete(emulated: Emulate
 
 
 async def test_a_token_without_the_read_scope_is_refused(
-    emulated: Emulated, webhook: Webhook
+    emulated: Emulated, webhook: Receiver
 ) -> None:
     token = graph_token(
         emulated.emulator, DEMO_USERS[0], scopes=("User.Read", "ChannelMessage.Send")
@@ -213,7 +213,7 @@ async def test_a_token_without_the_read_scope_is_refused(
     assert emulated.emulator_subscriptions() == []
 
 
-async def test_a_team_the_user_is_not_in_is_refused(emulated: Emulated, webhook: Webhook) -> None:
+async def test_a_team_the_user_is_not_in_is_refused(emulated: Emulated, webhook: Receiver) -> None:
     with pytest.raises(GraphError) as caught:
         await emulated.subscriptions().create(
             resource=channel_messages_resource(PRIVATE, ALERTS),
@@ -227,7 +227,7 @@ async def test_a_team_the_user_is_not_in_is_refused(emulated: Emulated, webhook:
 
 @pytest.mark.parametrize("answer", ["wrong", "500"])
 async def test_a_webhook_failing_validation_is_a_clear_400(
-    emulated: Emulated, webhook: Webhook, answer: str
+    emulated: Emulated, webhook: Receiver, answer: str
 ) -> None:
     webhook.validation = answer
     with pytest.raises(GraphError) as caught:
@@ -239,7 +239,7 @@ async def test_a_webhook_failing_validation_is_a_clear_400(
     assert emulated.emulator_subscriptions() == []
 
 
-async def test_a_create_that_times_out_is_not_resent(emulated: Emulated, webhook: Webhook) -> None:
+async def test_a_create_that_times_out_is_not_resent(emulated: Emulated, webhook: Receiver) -> None:
     # The webhook holds the handshake past our read timeout: Graph may still create it.
     webhook.answering.clear()
     settings = emulated.settings
@@ -257,7 +257,7 @@ async def test_a_create_that_times_out_is_not_resent(emulated: Emulated, webhook
     assert emulated.waits == []
 
 
-async def test_client_works_inside_async_with(emulated: Emulated, webhook: Webhook) -> None:
+async def test_client_works_inside_async_with(emulated: Emulated, webhook: Receiver) -> None:
     async with emulated.subscriptions() as client:
         created = await subscribe(emulated, webhook, client)
         await client.reauthorize(created.id)
