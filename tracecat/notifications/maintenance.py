@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, bindparam, or_, select, update
 
@@ -50,6 +50,7 @@ from tracecat.notifications.models import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NOTIFICATIONS_PATH = "/webhooks/microsoft/notifications"
 LIFECYCLE_PATH = "/webhooks/microsoft/lifecycle"
@@ -189,17 +190,23 @@ class SubscriptionMaintenance:
         # One read without a transaction (on SQLite a transaction takes the write lock).
         return [_Row(*list(row)) for row in await self.database.fetch_all(statement)]
 
-    async def _renewed(self, row: _Row, graph_id: str) -> Subscription | None:
-        """PATCH to a full lifetime; None when Graph no longer has it."""
-        expiration = self.clock.now() + self.lifetime
+    async def _unless_gone(
+        self, row: _Row, operation: Callable[[GraphSubscriptionsClient], Awaitable[T]]
+    ) -> tuple[T] | None:
+        """`(answer,)` from Graph with the user's token, or None when Graph no longer has the
+        subscription (404): the one case every caller answers by re-creating it."""
         try:
-            return await self.integrations.call_graph(
-                row.user_id, self._client, lambda graph: graph.renew(graph_id, expiration)
-            )
+            return (await self.integrations.call_graph(row.user_id, self._client, operation),)
         except GraphError as exc:
             if exc.status_code != 404:
                 raise
             return None
+
+    async def _renewed(self, row: _Row, graph_id: str) -> Subscription | None:
+        """PATCH to a full lifetime; None when Graph no longer has it."""
+        expiration = self.clock.now() + self.lifetime
+        answer = await self._unless_gone(row, lambda graph: graph.renew(graph_id, expiration))
+        return None if answer is None else answer[0]
 
     async def _renew(self, row: _Row) -> bool:
         """PATCH to a full lifetime; a subscription Graph lost is re-created and caught up."""
@@ -365,26 +372,14 @@ class SubscriptionMaintenance:
         if graph_id is None:
             return "no Graph subscription"
         if name == "reauthorizationRequired":
-            try:
-                await self.integrations.call_graph(
-                    row.user_id, self._client, lambda graph: graph.reauthorize(graph_id)
-                )
-            except GraphError as exc:
-                if exc.status_code != 404:
-                    raise
+            if await self._unless_gone(row, lambda graph: graph.reauthorize(graph_id)) is None:
                 await self.recreate(row)
                 return "gone on Graph: re-created"
             # Graph may have held notifications back while it waited: look for them.
             await self.catch_up.subscription(row.id)
             return None
         if name == "subscriptionRemoved":
-            try:
-                await self.integrations.call_graph(
-                    row.user_id, self._client, lambda graph: graph.get(graph_id)
-                )
-            except GraphError as exc:
-                if exc.status_code != 404:
-                    raise
+            if await self._unless_gone(row, lambda graph: graph.get(graph_id)) is None:
                 await self.recreate(row)
                 return None
             return "still on Graph (re-created already): nothing to do"
