@@ -97,6 +97,11 @@ class ServeProcess:
     def output(self) -> str:
         return self._process.stdout.read() if self._process.stdout else ""
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: no shutdown code runs."""
+        self._process.kill()
+        self._process.wait(timeout=15)
+
     def stop(self) -> None:
         if self._process.poll() is None:
             self._process.terminate()

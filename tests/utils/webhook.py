@@ -26,6 +26,7 @@ class Received:
     query: dict[str, str]
     content_type: str
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -75,18 +76,25 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _answer(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the sender gave up waiting (or was killed): nobody to answer
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             parts = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
             length = int(self.headers.get("Content-Length") or 0)
             item = Received(
-                parts.path, query, self.headers.get("Content-Type", ""), self.rfile.read(length)
+                parts.path,
+                query,
+                self.headers.get("Content-Type", ""),
+                self.rfile.read(length),
+                {k.lower(): v for k, v in self.headers.items()},
             )
             # Recorded on arrival, so a test sees a request whose answer it is holding.
             token = query.get("validationToken")
