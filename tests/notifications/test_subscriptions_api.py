@@ -5,6 +5,7 @@ users, delete, secret rotation (both secrets sign for a while), the deliveries l
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,10 +19,13 @@ from standardwebhooks import Webhook
 
 from tests.conftest import Api
 from tests.notifications.conftest import Receiver
+from tests.utils.dump import raw_dump
 from tests.utils.flows import ApiUser, connect
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.clock import SYSTEM_CLOCK
 from tracecat.db import Database
+from tracecat.logs import quiet_libraries
+from tracecat.notifications.models import NotificationSubscription
 from tracecat.notifications.service import NotificationService
 
 BASE = "/auth/integrations/microsoft"
@@ -355,3 +359,44 @@ def test_a_row_that_cannot_be_written_leaves_no_graph_subscription(
         asyncio.run(create())
         assert graph_subscriptions(api) == []
         assert session.call("GET", SUBS).json() == []
+
+
+def _stored_secrets(api: Api, subscription_id: str) -> list[str]:
+    """The subscription's secrets as the app reads them (decrypted)."""
+
+    async def read() -> list[str]:
+        database = Database.from_settings(api.settings)
+        try:
+            async with database.session() as session:
+                row = await session.get(NotificationSubscription, uuid.UUID(subscription_id))
+                assert row is not None and row.previous_secret is not None
+                return [row.secret, row.previous_secret, row.client_state]
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
+def test_no_signing_secret_or_client_state_at_rest_or_in_logs(
+    api: Api, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    quiet_libraries()  # as `serve` sets logging up, even at TRACECAT_LOG_LEVEL=DEBUG
+    caplog.set_level(logging.DEBUG)
+    with app_session(api) as session:
+        created = session.subscribe(receiver.url).json()
+        session.call("POST", f"{SUBS}/{created['id']}/rotate-secret")
+        post_from_someone_else(api, session, "ack")
+        wait_for(lambda: receiver.requests, "the webhook")
+        path = f"{SUBS}/{created['id']}/deliveries"
+        wait_for(lambda: session.call("GET", path).json()[0]["status"] == "delivered", "done")
+    (graph,) = graph_subscriptions(api)
+    secrets = _stored_secrets(api, created["id"])
+    assert secrets[0] != created["secret"] == secrets[1] and secrets[2] == graph["clientState"]
+    dump = raw_dump(api.database_url)
+    assert created["team_id"].encode() in dump  # the dump is real: it sees the subscription
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "/webhooks/microsoft/notifications" in text  # access lines were captured
+    for secret in secrets:
+        assert secret.encode() not in dump
+        assert secret not in text
+        assert secret.removeprefix("whsec_") not in text

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.conftest import Api
+from tests.utils.dump import raw_dump
 from tests.utils.flows import connect, sign_in, start_connect
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.logs import quiet_libraries
@@ -26,34 +24,6 @@ def _stored_tokens(api: Api, user_id: str) -> tuple[str, str]:
     return asyncio.run(read())
 
 
-def _raw_dump(api: Api) -> bytes:
-    """Every byte a database dump would hold."""
-    url = api.database_url
-    if url.startswith("sqlite"):
-        path = Path(url.removeprefix("sqlite:///"))
-        # The database file and its write-ahead log: recent writes may be in either. Read by
-        # another process: closing any descriptor of the file here would drop the POSIX locks
-        # this process' SQLite connections hold on it.
-        files = sorted(str(p) for p in path.parent.glob(path.name + "*"))
-        return subprocess.run(["cat", *files], capture_output=True, check=True).stdout
-
-    async def dump() -> bytes:
-        connection = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
-        try:
-            chunks = []
-            for table in ("users", "api_keys", "oauth_states", "user_integrations"):
-                for row in await connection.fetch(f"SELECT * FROM {table}"):
-                    chunks.append(repr(tuple(row)).encode())
-                    chunks.extend(
-                        bytes(v) for v in row.values() if isinstance(v, bytes | memoryview)
-                    )
-            return b"\n".join(chunks)
-        finally:
-            await connection.close()
-
-    return asyncio.run(dump())
-
-
 def test_database_holds_no_token_or_key(api: Api) -> None:
     user = api.user("analyst@example.com")
     with api.browser() as browser:
@@ -62,7 +32,7 @@ def test_database_holds_no_token_or_key(api: Api) -> None:
         connect(browser, api.url, user, "alice@contoso.example")
     access_token, refresh_token = _stored_tokens(api, user.id)
     assert access_token and refresh_token
-    dump = _raw_dump(api)
+    dump = raw_dump(api.database_url)
     assert b"alice@contoso.example" in dump  # the dump is real: it sees the account metadata
     for secret in (access_token, refresh_token, user.api_key, api.settings.microsoft_client_secret):
         assert secret.encode() not in dump
