@@ -11,7 +11,11 @@ import pytest
 
 from tests.utils.server import ServeProcess
 
-LINE = re.compile(r'(?P<client>\S+) "(?P<method>[A-Z]+) (?P<path>\S+)" (?P<status>\d{3}) [\d.]+ms')
+# Time, level and logger once, then the request.
+LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d [\d:,]+ INFO tracecat\.access: "
+    r'(?P<client>\S+) "(?P<method>[A-Z]+) (?P<path>\S+)" (?P<status>\d{3}) [\d.]+ms$'
+)
 
 
 @pytest.mark.parametrize("mode", ["--emulator", "registered app"])
@@ -31,9 +35,10 @@ def test_one_line_per_request_without_query_strings(mode: str, tmp_path: Path) -
     finally:
         service.stop()
     output = service.output()
-    lines = [m.groupdict() for m in map(LINE.search, output.splitlines()) if m]
+    lines = [m.groupdict() for m in map(LINE.match, output.splitlines()) if m]
     requests = [(line["method"], line["path"], line["status"]) for line in lines]
     assert ("GET", "/auth/integrations/microsoft/callback", "400") in requests
     assert ("GET", "/nowhere", "404") in requests
     assert requests.count(("GET", "/auth/integrations/microsoft/callback", "400")) == 1
+    assert "INFO:" not in output  # no line carries a second prefix
     assert "SECRET-CODE" not in output and "?" not in "".join(line["path"] for line in lines)

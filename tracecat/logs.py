@@ -32,7 +32,12 @@ def configure_logging(level: str = "INFO") -> None:
     listener = QueueListener(lines, writer)
     listener.start()
     atexit.register(listener.stop)
-    logging.basicConfig(level=level.upper(), handlers=[QueueHandler(lines)], force=True)
+    enqueue = QueueHandler(lines)
+    # The queue carries the message (with any traceback) alone; the writer adds time, level
+    # and logger once. Without a formatter of its own, basicConfig would give the handler
+    # "LEVEL:name:message" and every line would carry both.
+    enqueue.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[enqueue], force=True)
     quiet_libraries()
     redact_access_log()
 
