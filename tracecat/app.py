@@ -22,6 +22,7 @@ from tracecat.exceptions import DecryptionError, TracecatError
 from tracecat.logs import redact_access_log
 from tracecat.middleware import EdgeMiddleware
 from tracecat.notifications.api import router as subscriptions_router
+from tracecat.notifications.api import webhooks as subscription_webhooks
 from tracecat.notifications.router import router as notifications_router
 from tracecat.resources import AppResources
 from tracecat.web.pages import Pages, static_files
@@ -53,6 +54,7 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     app.include_router(integrations_router)
     app.include_router(subscriptions_router)
     app.include_router(notifications_router)
+    app.webhooks.include_router(subscription_webhooks)  # documented, never served
     app.mount("/static", static_files(), name="static")
     _add_error_handlers(app)
     # Templates are read-only once loaded: the app holds them, not its lifespan.

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Header, Query, status
 
 from tracecat.deps import CurrentUser, ResourcesDep
 from tracecat.notifications.schemas import (
     CreateSubscriptionRequest,
     DeliveryResponse,
+    MessageEvent,
     SecretResponse,
     SubscriptionCreated,
     SubscriptionResponse,
@@ -19,6 +20,8 @@ from tracecat.notifications.schemas import (
 from tracecat.notifications.service import MAX_DELIVERIES, NotificationService
 
 router = APIRouter(prefix="/auth/integrations/microsoft/subscriptions", tags=["subscriptions"])
+# What we send to a subscription's target: documented as OpenAPI webhooks, never served.
+webhooks = APIRouter(tags=["subscriptions"])
 
 
 async def get_notification_service(resources: ResourcesDep) -> NotificationService:
@@ -97,3 +100,18 @@ async def retry_delivery(
     delivery = await service.retry_delivery(user.id, subscription_id, delivery_id)
     resources.deliveries_due()
     return DeliveryResponse.from_row(delivery)
+
+
+@webhooks.post("message.created", status_code=status.HTTP_204_NO_CONTENT)
+def message_created(
+    event: MessageEvent,
+    webhook_id: Annotated[str, Header(description="Stable per subscription and message")],
+    webhook_timestamp: Annotated[str, Header(description="Unix seconds of this attempt")],
+    webhook_signature: Annotated[
+        str, Header(description="`v1,<base64 HMAC-SHA256>`, space-separated after a rotation")
+    ],
+) -> None:
+    """POSTed to `target_url` for each new message or reply in the channel, signed per the
+    Standard Webhooks spec with the subscription's secret. Answer 2xx to accept it
+    (deduplicate on `webhook-id`: a retry carries the same one); any other answer is retried
+    on `TRACECAT_WEBHOOK_RETRY_SECONDS`; 410 Gone disables the subscription."""

@@ -6,7 +6,7 @@ and otherwise store what is genuine and answer 202 at once (see `inbound.py`).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
@@ -19,6 +19,15 @@ from tracecat.notifications.models import InboundKind
 router = APIRouter(prefix="/webhooks/microsoft", tags=["webhooks"])
 
 ValidationToken = Annotated[str | None, Query(alias="validationToken", max_length=1024)]
+# How these routes answer, for the OpenAPI schema (the body is Graph's, read as it comes).
+ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The validation handshake: the decoded `validationToken`",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    202: {"description": "Kept (or, if forged or unknown, dropped and counted)"},
+    400: {"description": "The body is no Microsoft Graph notification collection"},
+}
 
 
 async def _handle(
@@ -36,14 +45,14 @@ async def _handle(
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 
-@router.post("/notifications", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/notifications", status_code=status.HTTP_202_ACCEPTED, responses=ANSWERS)
 async def change_notifications(
     request: Request, resources: ResourcesDep, token: ValidationToken = None
 ) -> Response:
     return await _handle(request, resources, InboundKind.CHANGE, token)
 
 
-@router.post("/lifecycle", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/lifecycle", status_code=status.HTTP_202_ACCEPTED, responses=ANSWERS)
 async def lifecycle_notifications(
     request: Request, resources: ResourcesDep, token: ValidationToken = None
 ) -> Response:

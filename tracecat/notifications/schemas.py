@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,3 +83,21 @@ class DeliveryResponse(BaseModel):
             delivered_at=row.delivered_at,
             next_attempt_at=row.next_attempt_at,
         )
+
+
+class MessageEventData(BaseModel):
+    subscription_id: uuid.UUID
+    team_id: str
+    channel_id: str
+    message: dict[str, Any] = Field(
+        description="The chatMessage as Microsoft Graph returns it; a reply's `replyToId` "
+        "names its thread's root message"
+    )
+
+
+class MessageEvent(BaseModel):
+    """The body of a webhook (documented in the OpenAPI schema's `webhooks`)."""
+
+    type: Literal["message.created"]
+    timestamp: datetime
+    data: MessageEventData
