@@ -127,6 +127,21 @@ class Api:
     def refreshes(self) -> int:
         return sum(self.refresh_outcomes().values())
 
+    def serve_environment(self, database_url: str | None = None) -> dict[str, str]:
+        """The environment of a `serve` process on this emulator, keyring and data dir, on
+        this database unless given another; no token sweep."""
+        return {
+            "MICROSOFT_CLIENT_ID": self.emulator.client_id,
+            "MICROSOFT_CLIENT_SECRET": self.emulator.client_secret,
+            "MICROSOFT_AUTHORITY_HOST": self.emulator.authority_host,
+            "MICROSOFT_GRAPH_URL": self.emulator.graph_url,
+            "MICROSOFT_CA_BUNDLE": str(self.emulator.ca_bundle),
+            "DATABASE_URL": database_url or self.database_url,
+            "TRACECAT_DATA_DIR": str(self.settings.tracecat_data_dir),
+            "TRACECAT_ENCRYPTION_KEYS": ENCRYPTION_KEY,
+            "TRACECAT_REFRESH_INTERVAL_SECONDS": "0",
+        }
+
     @contextmanager
     def another_server(
         self, *, clock: Clock | None = None, public_url_is_self: bool = False, **settings: object

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
-from tests.conftest import ENCRYPTION_KEY, Api, truncate_all
+from tests.conftest import Api, truncate_all
 from tests.notifications.conftest import open_database
 from tests.utils.flows import ApiUser, connect, create_user
 from tests.utils.polling import eventually
@@ -42,16 +42,10 @@ RETRY_SECONDS = [1.0, 1.0, 1.0]
 def processes(api: Api, upgraded_url: str) -> Iterator[Callable[..., ServeProcess]]:
     """Start `serve` processes on the test database of their own (emptied after the test)
     and the session's emulator: `start(port=None, **env)`; every one is stopped at the end."""
-    env = {
-        "MICROSOFT_CLIENT_ID": api.emulator.client_id,
-        "MICROSOFT_CLIENT_SECRET": api.emulator.client_secret,
-        "MICROSOFT_AUTHORITY_HOST": api.emulator.authority_host,
-        "MICROSOFT_GRAPH_URL": api.emulator.graph_url,
-        "MICROSOFT_CA_BUNDLE": str(api.emulator.ca_bundle),
+    env = api.serve_environment(upgraded_url) | {
         "MICROSOFT_EXTRA_SCOPES": "ChannelMessage.Read.All",
-        "DATABASE_URL": upgraded_url,
-        "TRACECAT_DATA_DIR": str(api.settings.tracecat_data_dir),
-        "TRACECAT_ENCRYPTION_KEYS": ENCRYPTION_KEY,
+        # Renewal and the token sweep as in production: every minute.
+        "TRACECAT_REFRESH_INTERVAL_SECONDS": "60",
         "TRACECAT_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
         "TRACECAT_WEBHOOK_RETRY_SECONDS": ",".join(str(s) for s in RETRY_SECONDS),
         # Warnings only: an access line per request would fill the pipe nobody reads.

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.conftest import ENCRYPTION_KEY, Api
+from tests.conftest import Api
 from tests.utils.flows import ApiUser, connect
 from tests.utils.polling import eventually
 from tests.utils.server import ServeProcess
@@ -245,17 +245,7 @@ def test_live_server_sweeps_in_the_background(api: Api, sweeping_server: str) ->
 
 @pytest.fixture
 def two_processes(api: Api) -> Iterator[list[ServeProcess]]:
-    env = {
-        "MICROSOFT_CLIENT_ID": api.emulator.client_id,
-        "MICROSOFT_CLIENT_SECRET": api.emulator.client_secret,
-        "MICROSOFT_AUTHORITY_HOST": api.emulator.authority_host,
-        "MICROSOFT_GRAPH_URL": api.emulator.graph_url,
-        "MICROSOFT_CA_BUNDLE": str(api.emulator.ca_bundle),
-        "DATABASE_URL": api.database_url,
-        "TRACECAT_DATA_DIR": str(api.settings.tracecat_data_dir),
-        "TRACECAT_ENCRYPTION_KEYS": ENCRYPTION_KEY,
-        "TRACECAT_REFRESH_INTERVAL_SECONDS": "0",
-    }
+    env = api.serve_environment()
     processes = [ServeProcess(env), ServeProcess(env)]
     try:
         yield [p.wait_ready() for p in processes]
