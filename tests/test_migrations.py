@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 import tracecat.auth.integrations.models  # noqa: F401  (registers the tables)
 import tracecat.auth.models  # noqa: F401
 import tracecat.notifications.models  # noqa: F401
+import tracecat.web.models  # noqa: F401
 from tracecat.db import Base, Database, upgrade_schema
 
 

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
@@ -18,14 +18,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tracecat.auth.integrations.router import router as integrations_router
 from tracecat.clock import SYSTEM_CLOCK, Clock
 from tracecat.config import Settings
-from tracecat.exceptions import DecryptionError, TracecatError
+from tracecat.exceptions import DecryptionError, SignInRequiredError, TracecatError
 from tracecat.logs import redact_access_log
 from tracecat.middleware import EdgeMiddleware
 from tracecat.notifications.api import router as subscriptions_router
 from tracecat.notifications.api import webhooks as subscription_webhooks
 from tracecat.notifications.router import router as notifications_router
 from tracecat.resources import AppResources
-from tracecat.web.pages import Pages, static_files
+from tracecat.web import present
+from tracecat.web.pages import Pages, static_files, wants_html
+from tracecat.web.router import router as web_router
+from tracecat.web.subscription_pages import router as web_subscriptions_router
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     app.include_router(subscriptions_router)
     app.include_router(notifications_router)
     app.webhooks.include_router(subscription_webhooks)  # documented, never served
+    app.include_router(web_router)
+    app.include_router(web_subscriptions_router)
     app.mount("/static", static_files(), name="static")
     _add_error_handlers(app)
     # Templates are read-only once loaded: the app holds them, not its lifespan.
@@ -69,11 +74,12 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return pages.index()
-
     return app
+
+
+def _is_page(request: Request) -> bool:
+    """A person's browser on a page of the web UI (not the API, not Microsoft's webhooks)."""
+    return wants_html(request) and not request.url.path.startswith(("/auth/", "/webhooks/"))
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -81,13 +87,28 @@ def _add_error_handlers(app: FastAPI) -> None:
     (anything unhandled is answered by `EdgeMiddleware`)."""
 
     @app.exception_handler(TracecatError)
-    async def tracecat_error(_: Request, exc: TracecatError) -> JSONResponse:
+    async def tracecat_error(request: Request, exc: TracecatError) -> Response:
+        if _is_page(request):
+            if isinstance(exc, SignInRequiredError):
+                return RedirectResponse("/", status_code=303)
+            pages: Pages = request.app.state.pages
+            return pages.message(
+                "That did not work", present.error_in_words(exc), status=exc.status_code
+            )
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         # Drop the offending input from the echo: it may be a secret pasted in the wrong field.
         errors = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in exc.errors()]
+        if _is_page(request):
+            fields = ", ".join(str(e["loc"][-1]) for e in errors if e.get("loc"))
+            pages: Pages = request.app.state.pages
+            return pages.message(
+                "That did not work",
+                f"Some of what the form sent is not valid: {fields}.",
+                status=422,
+            )
         return JSONResponse({"detail": errors}, 422)
 
     @app.exception_handler(StarletteHTTPException)

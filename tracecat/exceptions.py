@@ -57,6 +57,13 @@ class AuthenticationError(TracecatError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
+class SignInRequiredError(AuthenticationError):
+    """A page of the web UI without a live session: the browser is sent to sign in."""
+
+    def __init__(self) -> None:
+        super().__init__("sign in with your API key first")
+
+
 class ReauthorizationRequiredError(TracecatError):
     status_code = 401
 

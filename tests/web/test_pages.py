@@ -54,7 +54,7 @@ def test_the_connect_page_has_browser_headers(api: Api) -> None:
     page = httpx.get(f"{api.url}/")
     assert page.status_code == 200
     assert_html_headers(page)
-    for asset in ("/static/index.js", "/static/app.css"):
+    for asset in ("/static/follow.js", "/static/app.css"):
         response = httpx.get(f"{api.url}{asset}")
         assert response.status_code == 200 and response.headers["x-content-type-options"]
 

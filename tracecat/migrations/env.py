@@ -10,6 +10,7 @@ from tracecat.auth.integrations import models as _integration_models  # noqa: F4
 from tracecat.config import get_settings
 from tracecat.db import Base, create_engine
 from tracecat.notifications import models as _notification_models  # noqa: F401
+from tracecat.web import models as _web_models  # noqa: F401
 
 target_metadata = Base.metadata
 

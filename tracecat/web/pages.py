@@ -40,6 +40,11 @@ class Pages:
     def index(self) -> HTMLResponse:
         return HTMLResponse(self._index)
 
+    def render(self, template: str, http_status: int = 200, **context: object) -> HTMLResponse:
+        """A page of the web UI; it shows account data, so no cache keeps it."""
+        page = self._env.get_template(template).render(**context)
+        return HTMLResponse(page, status_code=http_status, headers={"Cache-Control": "no-store"})
+
     def message(self, heading: str, *paragraphs: str, status: int = 200) -> HTMLResponse:
         page = self._env.get_template("message.html").render(heading=heading, paragraphs=paragraphs)
         return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
