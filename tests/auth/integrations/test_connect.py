@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -208,9 +209,10 @@ def test_the_page_is_served(api: Api) -> None:
     page = httpx.get(f"{api.url}/")
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
-    script = httpx.get(f"{api.url}/static/index.js")  # the page's own script, not inline
-    assert '<script src="/static/index.js">' in page.text and script.status_code == 200
-    assert "/auth/integrations/microsoft/connect" in script.text
+    assert 'action="/sign-in"' in page.text and "API key" in page.text
+    assert "<script>" not in page.text  # scripts are files of ours, never inline
+    for source in re.findall(r'<script src="([^"]+)"', page.text):
+        assert httpx.get(f"{api.url}{source}").status_code == 200, source
 
 
 def _status(api: Api, browser: httpx.Client, user) -> dict:  # noqa: ANN001
