@@ -57,17 +57,35 @@ def _run(statement: str, url: str) -> None:
     asyncio.run(execute())
 
 
+@contextmanager
+def new_database(kind: str, tmp_path_factory: pytest.TempPathFactory, prefix: str) -> Iterator[str]:
+    """An empty database of `kind` (a SQLite file or a PostgreSQL database), dropped after."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp(prefix) / 'tracecat.db'}"
+        return
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _run(f'CREATE DATABASE "{name}"', POSTGRES_ADMIN_URL)
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    _run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', POSTGRES_ADMIN_URL)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'tracecat.db'}"
-        return
-    name = f"tracecat_test_{uuid.uuid4().hex[:12]}"
-    _run(f'CREATE DATABASE "{name}"', POSTGRES_ADMIN_URL)
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    _run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', POSTGRES_ADMIN_URL)
+    with new_database(request.param, tmp_path_factory, "tracecat_test") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def upgraded_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of the same kind as `database_url` but of its own, schema in place: the
+    session's test app runs a delivery worker on `database_url`, which would claim the
+    deliveries of a test that runs its own `serve` process or worker."""
+    kind = "postgresql" if database_url.startswith("postgresql") else "sqlite"
+    with new_database(kind, tmp_path_factory, "tracecat_own") as url:
+        upgrade_schema(url)
+        yield url
 
 
 def make_settings(

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENCRYPTION_KEY, POSTGRES_ADMIN_URL, Api, _run, truncate_all
+from tests.conftest import ENCRYPTION_KEY, Api, truncate_all
 from tracecat.auth.models import User
 from tracecat.crypto import Keyring
-from tracecat.db import Database, upgrade_schema
+from tracecat.db import Database
 from tracecat.notifications import outbox
 from tracecat.notifications.models import NotificationSubscription
 from tracecat.notifications.signing import new_secret
@@ -27,23 +27,6 @@ from tracecat.notifications.signing import new_secret
 
 def open_database(database_url: str) -> Database:
     return Database(database_url, keyring=Keyring([ENCRYPTION_KEY]))
-
-
-@pytest.fixture(scope="session")
-def upgraded_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database of the same kind as `database_url` but of its own: the session's test app
-    runs a delivery worker on `database_url`, which would claim these tests' deliveries."""
-    if database_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path_factory.mktemp('outbox') / 'outbox.db'}"
-        upgrade_schema(url)
-        yield url
-        return
-    name = f"tracecat_outbox_{uuid.uuid4().hex[:12]}"
-    _run(f'CREATE DATABASE "{name}"', POSTGRES_ADMIN_URL)
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade_schema(url)
-    yield url
-    _run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', POSTGRES_ADMIN_URL)
 
 
 @pytest.fixture
