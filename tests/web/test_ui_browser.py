@@ -149,6 +149,8 @@ def test_a_person_connects_sends_subscribes_and_watches_deliveries(
     expect(preview.get_by_text("Disk full on db-01")).to_be_visible()  # the live preview
     page.get_by_role("button", name="Send").click()
     expect(page.get_by_role("heading", name="Sent")).to_be_visible()
+    result = page.get_by_role("region", name="Sent")
+    expect(result).to_contain_text("SEV2: disk full on db-01")  # read back from Teams
     expect(page.get_by_role("link", name="Open in Teams")).to_have_attribute(
         "href", re.compile(r"^https://teams\.microsoft\.com/")
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from html.parser import HTMLParser
+from urllib.parse import quote, urlencode
 
 from tracecat.auth.integrations.schemas import StatusResponse
 from tracecat.exceptions import (
@@ -100,6 +101,14 @@ def _graph_error_in_words(error: GraphError) -> str:
     if error.status_code == 400:
         return f"Microsoft Teams refused the message as it is.{said}"
     return f"Microsoft Teams answered with an error ({error.status_code}).{said}"
+
+
+def teams_message_link(team_id: str, channel_id: str, message_id: str) -> str:
+    """Teams' documented deep link to a channel message, for when Graph's `webUrl` cannot
+    be read back (the message's thread is the message itself)."""
+    channel, message = quote(channel_id, safe=""), quote(message_id, safe="")
+    query = urlencode({"groupId": team_id, "parentMessageId": message_id})
+    return f"https://teams.microsoft.com/l/message/{channel}/{message}?{query}"
 
 
 class _Text(HTMLParser):

@@ -9,21 +9,21 @@ Subscriptions and deliveries have pages of their own (`subscription_pages.py`).
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import ValidationError
 
 from tracecat.auth.integrations.router import BROWSER_COOKIE, BROWSER_COOKIE_PATH
-from tracecat.auth.integrations.schemas import SendMessageRequest, StatusResponse
+from tracecat.auth.integrations.schemas import StatusResponse
 from tracecat.auth.integrations.service import new_browser_id
 from tracecat.deps import PagesDep, ResourcesDep
 from tracecat.exceptions import AuthenticationError, NotFoundError, TracecatError
 from tracecat.graph.ids import require_segment
 from tracecat.graph.resources import ChatMessage
 from tracecat.web import present
+from tracecat.web.compose import message_request
 from tracecat.web.emulator import EmulatorControl
 from tracecat.web.sessions import (
     CSRF_FIELD,
@@ -228,8 +228,10 @@ async def team(team_id: str, page: PageDep) -> Response:
 
 
 @router.get("/teams/{team_id}/channels/{channel_id}", response_class=HTMLResponse)
-async def channel(team_id: str, channel_id: str, page: PageDep) -> Response:
-    return await _channel_page(page, team_id, channel_id)
+async def channel(
+    team_id: str, channel_id: str, page: PageDep, sent: str | None = None
+) -> Response:
+    return await _channel_page(page, team_id, channel_id, sent_id=sent)
 
 
 @router.post("/teams/{team_id}/channels/{channel_id}/messages", response_class=HTMLResponse)
@@ -254,17 +256,22 @@ async def send(
         "adaptive_card": adaptive_card,
     }
     try:
-        message = _message_request(form)
+        message = message_request(form)
     except ValueError as problem:
-        return await _channel_page(page, team_id, channel_id, form=form, send_error=str(problem))
+        return await _channel_page(
+            page, team_id, channel_id, form=form, send_error=str(problem), http_status=422
+        )
     try:
         sent = await page.graph(
             lambda teams: teams.send_message(team_id, channel_id, **dict(message))
         )
     except TracecatError as error:
         failed = present.error_in_words(error)
-        return await _channel_page(page, team_id, channel_id, form=form, send_error=failed)
-    return await _channel_page(page, team_id, channel_id, sent=sent)
+        return await _channel_page(
+            page, team_id, channel_id, form=form, send_error=failed, http_status=error.status_code
+        )
+    # Post/redirect/get: reloading the result page must not post the message again.
+    return see_other(f"{channel_url(team_id, channel_id)}?sent={quote(sent.id, safe='')}")
 
 
 @router.post("/teams/{team_id}/channels/{channel_id}/test-message", response_class=HTMLResponse)
@@ -277,51 +284,29 @@ async def test_message(team_id: str, channel_id: str, page: PageDep, user: Check
     return await _channel_page(page, team_id, channel_id, notice=notice)
 
 
-def _message_request(form: dict[str, str]) -> SendMessageRequest:
-    """The API's own request model, from the form's fields; ValueError says what is wrong."""
-    body: dict[str, Any] = {
-        "content": form["content"].strip(),
-        "content_type": form["content_type"],
-    }
-    if form["subject"].strip():
-        body["subject"] = form["subject"].strip()
-    if form["mention_id"].strip():
-        name = form["mention_name"].strip() or form["mention_id"].strip()
-        body["mentions"] = [{"id": form["mention_id"].strip(), "display_name": name}]
-    if form["adaptive_card"].strip():
-        try:
-            body["adaptive_card"] = json.loads(form["adaptive_card"])
-        except ValueError as exc:
-            raise ValueError(f"The Adaptive Card is not valid JSON: {exc}.") from None
-    try:
-        return SendMessageRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "message"
-        field = {"content": "Message", "content_type": "Format"}.get(where, where)
-        raise ValueError(f"{field}: {first['msg']}.") from None
-
-
 async def _channel_page(
     page: Page,
     team_id: str,
     channel_id: str,
     *,
     form: dict[str, str] | None = None,
-    sent: ChatMessage | None = None,
+    sent_id: str | None = None,
     send_error: str | None = None,
     notice: str | None = None,
+    http_status: int = 200,
 ) -> Response:
     require_segment(team_id, "team_id")
     require_segment(channel_id, "channel_id")
+    if sent_id is not None:
+        require_segment(sent_id, "sent")
     context: dict[str, Any] = {
         "team_id": team_id,
         "channel_id": channel_id,
         "team_name": team_id,
         "channel_name": channel_id,
         "form": form or {},
-        "sent": sent,
-        "sent_text": present.plain_text(sent.body.content or "") if sent else "",
+        "sent": None,
+        "sent_link": sent_id and present.teams_message_link(team_id, channel_id, sent_id),
         "send_error": send_error,
         "notice": notice,
         "messages": [],
@@ -334,7 +319,11 @@ async def _channel_page(
         context["channel_name"] = (found and found.display_name) or channel_id
     except TracecatError as error:
         context.update(_error(error))
-        return page.render("channel.html", "teams", title=channel_id, **context)
+        return page.render(
+            "channel.html", "teams", title=channel_id, http_status=http_status, **context
+        )
+    if sent_id is not None:
+        context["sent"] = await _sent_message(page, team_id, channel_id, sent_id)
     try:
         await page.resources.integrations.require_scope(page.user.id, present.READ_SCOPE)
         recent = await page.graph(
@@ -344,7 +333,27 @@ async def _channel_page(
         context["messages"] = [present.message_line(m, now) for m in recent]
     except TracecatError as error:
         context["messages_note"] = present.error_in_words(error)
-    return page.render("channel.html", "teams", title=context["channel_name"], **context)
+    title = context["channel_name"]
+    return page.render("channel.html", "teams", title=title, http_status=http_status, **context)
+
+
+async def _sent_message(page: Page, team_id: str, channel_id: str, message_id: str) -> Any:
+    """What was just sent, as Teams shows it; None when it cannot be read back (no read
+    permission): the page then says "Sent" with the link alone."""
+    with contextlib.suppress(TracecatError):
+        message: ChatMessage = await page.graph(
+            lambda teams: teams.get_message(team_id, channel_id, message_id)
+        )
+        return {
+            "subject": message.subject,
+            "text": present.plain_text(message.body.content or ""),
+            "web_url": message.web_url,
+        }
+    return None
+
+
+def channel_url(team_id: str, channel_id: str) -> str:
+    return f"/teams/{quote(team_id, safe='')}/channels/{quote(channel_id, safe='')}"
 
 
 async def _team_name(page: Page, team_id: str) -> str:
