@@ -26,6 +26,7 @@ from tracecat.notifications.api import webhooks as subscription_webhooks
 from tracecat.notifications.router import router as notifications_router
 from tracecat.resources import AppResources
 from tracecat.web import present
+from tracecat.web.demo_receiver import router as demo_receiver_router
 from tracecat.web.pages import Pages, static_files, wants_html
 from tracecat.web.router import router as web_router
 from tracecat.web.subscription_pages import router as web_subscriptions_router
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     app.webhooks.include_router(subscription_webhooks)  # documented, never served
     app.include_router(web_router)
     app.include_router(web_subscriptions_router)
+    app.include_router(demo_receiver_router)
     app.mount("/static", static_files(), name="static")
     _add_error_handlers(app)
     # Templates are read-only once loaded: the app holds them, not its lifespan.

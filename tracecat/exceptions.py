@@ -89,6 +89,10 @@ class ConflictError(TracecatError):
     status_code = 409
 
 
+class PayloadTooLargeError(TracecatError):
+    status_code = 413
+
+
 class SettingsError(TracecatError):
     """A setting is missing or wrong; the message names the variable and is one line (the
     command line prints it and exits 2)."""

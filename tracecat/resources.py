@@ -22,6 +22,7 @@ from tracecat.notifications.catch_up import CatchUp
 from tracecat.notifications.delivery import DeliveryWorker
 from tracecat.notifications.maintenance import SubscriptionMaintenance
 from tracecat.notifications.processing import NotificationProcessor
+from tracecat.web.demo_inbox import DemoInbox
 from tracecat.web.sessions import WebSessions
 
 # Jobs that new work can wake at once in this process (other instances poll).
@@ -51,6 +52,7 @@ class AppResources:
             clock=clock,
         )
         self.web_sessions = WebSessions(self.database, clock)
+        self.demo_inbox = DemoInbox()  # served only with the emulator
         # Change notifications: what Microsoft sent is turned into webhooks in the outbox,
         # which the worker delivers. Both poll with one cheap read when idle.
         self.notifications = NotificationProcessor(

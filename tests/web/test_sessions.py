@@ -155,10 +155,12 @@ def test_every_page_has_the_browser_headers_and_no_inline_script(
         f"/teams/{team}",
         f"/teams/{team}/channels/{channel}",
         "/subscriptions",
+        "/demo/receiver",
     ):
         page = browser.get(path)
         assert page.status_code == 200, (path, page.text[:300])
         assert_html_headers(page)
         assert page.headers["cache-control"] == "no-store"
     assert browser.get("/teams/%2e%2e/channels/x").status_code == 400
+    assert browser.get(f"/teams/{team}/channels/{channel}?sent=..").status_code == 400
     assert browser.get("/subscriptions/not-a-uuid/deliveries").status_code == 404

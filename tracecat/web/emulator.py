@@ -12,6 +12,7 @@ from tracecat.exceptions import UpstreamError
 from tracecat.graph.transport import GraphPool
 
 SOMEONE_ELSE = "bob@contoso.example"
+DEMO_RECEIVER_PATH = "/demo/receiver"
 TEST_MESSAGE = "Test message from someone else: does the webhook arrive?"
 
 
@@ -24,6 +25,14 @@ class EmulatorControl:
         if settings.microsoft_client_id != DEMO_CLIENT_ID:
             return None
         return cls(settings.microsoft_authority_host.rstrip("/") + "/_emulator")
+
+    @staticmethod
+    def demo_receiver_url(settings: Settings) -> str | None:
+        """Where Microsoft's notifications reach us, the demo receiver (`demo_receiver.py`)
+        listens too: the URL a newcomer subscribes."""
+        if settings.tracecat_public_url is None:
+            return None
+        return settings.tracecat_public_url.rstrip("/") + DEMO_RECEIVER_PATH
 
     async def post_as_someone_else(self, pool: GraphPool, team_id: str, channel_id: str) -> None:
         """The emulator stores it like a Graph post and notifies the channel's subscribers."""

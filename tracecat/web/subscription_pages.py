@@ -15,6 +15,7 @@ from tracecat.notifications.api import get_notification_service
 from tracecat.notifications.models import NotificationSubscription, WebhookDelivery
 from tracecat.notifications.service import NotificationService
 from tracecat.web import present
+from tracecat.web.emulator import EmulatorControl
 from tracecat.web.router import CheckedUser, Page, PageDep, see_other
 
 router = APIRouter(include_in_schema=False)
@@ -54,6 +55,8 @@ async def _list_page(
     except TracecatError as problem:
         error = error or present.error_in_words(problem)
     now = page.resources.clock.now()
+    settings = page.resources.settings
+    demo = EmulatorControl.for_settings(settings) and EmulatorControl.demo_receiver_url(settings)
     return page.render(
         "subscriptions.html",
         "subscriptions",
@@ -66,6 +69,7 @@ async def _list_page(
         error=error,
         notice=notice,
         confirm_delete=confirm_delete,
+        receiver_url=demo,
     )
 
 
