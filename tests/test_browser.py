@@ -95,6 +95,37 @@ def test_newcomer_connects_from_the_page(
     assert (data_dir / "encryption.key").stat().st_mode & 0o777 == 0o600
 
 
+def test_newcomer_sends_a_message_and_sees_its_webhook_with_only_the_browser(
+    emulator_service: tuple[str, dict[str, str]], page: Page
+) -> None:
+    """The README's first run to its end: no receiver of their own and no setting, the
+    emulator's demo receiver and the read permission `serve --emulator` asks for itself."""
+    url, env = emulator_service
+    _start_connecting(page, url, _api_key(env, "newcomer@example.com"))
+    page.get_by_role("button", name=re.compile("@")).first.click()
+    page.get_by_role("link", name="Back to the connect page").click()
+    expect(page.get_by_text("ChannelMessage.Read.All")).to_be_visible()  # among the scopes
+
+    page.get_by_role("navigation").get_by_role("link", name="Subscriptions").click()
+    target = page.get_by_label("Target URL")
+    expect(target).to_have_value(f"{url}/demo/receiver")  # filled in for them
+    page.get_by_role("button", name="Subscribe").click()
+    expect(page.get_by_role("heading", name="Subscribed")).to_be_visible()
+
+    page.get_by_role("navigation").get_by_role("link", name="Teams").click()
+    page.get_by_role("link", name="Security Operations").click()
+    page.get_by_role("link", name="General").click()
+    page.get_by_label("Message", exact=True).fill("SEV2: disk full on db-01")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("heading", name="Sent")).to_be_visible()
+
+    page.get_by_role("navigation").get_by_role("link", name="Demo receiver").click()
+    row = page.get_by_role("row").filter(has_text="SEV2: disk full on db-01")
+    expect(row).to_be_visible(timeout=30_000)  # the table reloads itself
+    expect(row.get_by_text("valid", exact=True)).to_be_visible()
+    expect(row).to_contain_text("message.created")
+
+
 def _api_key(env: dict[str, str], email: str) -> str:
     created = run_cli("users", "create", email, env=env, process=True)
     return json.loads(created.stdout.strip().splitlines()[-1])["api_key"]

@@ -155,6 +155,9 @@ def serve(
         # Microsoft reaches us at our own address and webhook targets may be on loopback.
         if settings.tracecat_public_url is None:
             update["tracecat_public_url"] = where
+        if "microsoft_extra_scopes" not in settings.model_fields_set:
+            # Reading channels makes subscriptions work at first try (demo data only).
+            update["microsoft_extra_scopes"] = ["ChannelMessage.Read.All"]
         if "tracecat_webhook_allowed_networks" not in settings.model_fields_set:
             update["tracecat_webhook_allowed_networks"] = [
                 ipaddress.ip_network("127.0.0.0/8"),

@@ -230,26 +230,3 @@ def test_a_wrong_key_is_said_on_the_page(api: Api, app_url: str, page: Page) -> 
     expect(page.get_by_role("alert")).to_contain_text("not valid")
     accessible(page)
 
-
-def test_a_newcomer_sees_a_signed_webhook_arrive_with_only_the_browser(
-    api: Api, app_url: str, user: ApiUser, page: Page
-) -> None:
-    """README's first run: no receiver of their own, the emulator's demo receiver instead."""
-    sign_in(page, app_url, user)
-    connect_with_one_click(page)
-    page.get_by_role("navigation").get_by_role("link", name="Subscriptions").click()
-    target = page.get_by_label("Target URL")
-    expect(target).to_have_value(re.compile(r"/demo/receiver$"))  # filled in for them
-    page.get_by_role("button", name="Subscribe").click()
-    expect(page.get_by_role("heading", name="Subscribed")).to_be_visible()
-
-    open_first_channel(page)
-    page.get_by_role("button", name="Post a test message from someone else").click()
-    expect(page.get_by_role("status").filter(has_text="someone else")).to_be_visible()
-    page.get_by_role("navigation").get_by_role("link", name="Demo receiver").click()
-    accessible(page)
-    row = page.get_by_role("row").filter(has_text="Test message from someone else")
-    expect(row).to_be_visible(timeout=30_000)  # the table reloads itself
-    expect(row.get_by_text("valid", exact=True)).to_be_visible()
-    expect(row).to_contain_text("message.created")
-    accessible(page)
