@@ -54,6 +54,15 @@ def test_the_key_becomes_an_http_only_lax_cookie_and_nothing_usable_is_stored(
     assert "Path=/" in cookie and user.api_key not in cookie
     assert token.encode() not in raw_dump(api.database_url)
     assert browser.get("/").headers["location"] == "/connection"  # signed in: on to it
+    assert "Secure" not in cookie  # served over plain http here
+
+
+def test_behind_https_the_cookie_is_secure(api: Api) -> None:
+    user = api.user("analyst@example.com")
+    https = "https://tracecat.example/auth/integrations/microsoft/callback"
+    with api.another_server(microsoft_redirect_uri=https) as url:
+        answer = httpx.post(f"{url}/sign-in", data={"api_key": user.api_key})
+        assert answer.status_code == 303 and "Secure" in answer.headers["set-cookie"]
 
 
 def test_a_wrong_key_is_a_page_saying_so(api: Api, browser: httpx.Client) -> None:
