@@ -102,6 +102,10 @@ def make_settings(
         "tracecat_data_dir": data_dir,
         "tracecat_encryption_keys": [ENCRYPTION_KEY],
         "tracecat_refresh_interval_seconds": 0,  # no token sweep or subscription renewal
+        # Every test calls from 127.0.0.1 into one session-long app: the limits are tested
+        # on apps of their own (tests/test_rate_limits.py).
+        "tracecat_rate_limit": "1000000/minute",
+        "tracecat_auth_failure_limit": "1000000/minute",
         # No periodic catch-up either: tests run these passes themselves, when they mean to.
         "tracecat_resync_interval_seconds": 0,
         # Webhook targets in the tests are local receivers, as with `serve --emulator`.
@@ -158,6 +162,9 @@ class Api:
             "TRACECAT_DATA_DIR": str(self.settings.tracecat_data_dir),
             "TRACECAT_ENCRYPTION_KEYS": ENCRYPTION_KEY,
             "TRACECAT_REFRESH_INTERVAL_SECONDS": "0",
+            # Tests poll and guess from 127.0.0.1: limits are tested on their own.
+            "TRACECAT_RATE_LIMIT": "1000000/minute",
+            "TRACECAT_AUTH_FAILURE_LIMIT": "1000000/minute",
         }
 
     @contextmanager

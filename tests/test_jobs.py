@@ -120,3 +120,44 @@ async def test_wake_runs_a_job_now_instead_of_after_its_pause() -> None:
     finally:
         await runner.stop()
     assert runs == [0, 1]
+
+
+async def test_stopping_lets_a_run_under_way_finish_and_ends_pauses_at_once() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def delivering() -> None:
+        started.set()
+        await release.wait()  # a webhook POST the target is still answering
+        finished.append("delivered")
+
+    async def idle() -> None:
+        finished.append("idle ran")
+
+    runner = JobRunner()
+    runner.add(Job("deliveries", 3600, delivering))
+    runner.add(Job("sweep", 3600, idle))
+    runner.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.sleep(0)  # the idle job has run and is pausing for an hour
+    stopping = asyncio.create_task(runner.stop(grace=30))
+    await asyncio.sleep(0)
+    assert not stopping.done()  # it waits for the delivery, not for the hour
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert finished == ["idle ran", "delivered"]
+
+
+async def test_a_run_longer_than_the_grace_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    runner = JobRunner()
+    runner.add(Job("stuck", 3600, stuck))
+    runner.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(runner.stop(grace=0.05), 10)
+    assert "Background job job:stuck cut off at shutdown" in caplog.text

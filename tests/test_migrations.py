@@ -10,7 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-import tracecat.auth.integrations.models  # noqa: F401  (registers the tables)
+import tracecat.audit.models  # noqa: F401  (registers the tables)
+import tracecat.auth.integrations.models  # noqa: F401
 import tracecat.auth.models  # noqa: F401
 import tracecat.notifications.models  # noqa: F401
 import tracecat.web.models  # noqa: F401

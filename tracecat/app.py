@@ -10,20 +10,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tracecat.audit.router import router as audit_router
 from tracecat.auth.integrations.router import router as integrations_router
 from tracecat.clock import SYSTEM_CLOCK, Clock
 from tracecat.config import Settings
 from tracecat.exceptions import DecryptionError, SignInRequiredError, TracecatError
+from tracecat.health import router as health_router
 from tracecat.logs import redact_access_log
 from tracecat.middleware import EdgeMiddleware
 from tracecat.notifications.api import router as subscriptions_router
 from tracecat.notifications.api import webhooks as subscription_webhooks
 from tracecat.notifications.router import router as notifications_router
+from tracecat.openapi import document_errors
 from tracecat.resources import AppResources
 from tracecat.web import present
 from tracecat.web.demo_receiver import router as demo_receiver_router
@@ -54,27 +56,22 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
             await resources.aclose()
 
     app = FastAPI(title="tracecat-integrations", lifespan=lifespan)
-    app.add_middleware(EdgeMiddleware)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.tracecat_max_body_bytes)
     app.include_router(integrations_router)
+    app.include_router(audit_router)
     app.include_router(subscriptions_router)
     app.include_router(notifications_router)
     app.webhooks.include_router(subscription_webhooks)  # documented, never served
     app.include_router(web_router)
     app.include_router(web_subscriptions_router)
     app.include_router(demo_receiver_router)
+    app.include_router(health_router)
     app.mount("/static", static_files(), name="static")
     _add_error_handlers(app)
+    document_errors(app)
     # Templates are read-only once loaded: the app holds them, not its lifespan.
     pages = Pages()
     app.state.pages = pages
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from tracecat.config import Settings, SettingsError, get_settings
 from tracecat.exceptions import TracecatError
+from tracecat.http_limits import server_options
 from tracecat.urls import redact_url, url_error_reason
 
 T = TypeVar("T")
@@ -23,9 +26,11 @@ app = typer.Typer(help="Per-user Microsoft Teams integrations over OAuth 2.0.", 
 db_app = typer.Typer(help="Database schema.", **_TYPER_OPTIONS)
 users_app = typer.Typer(help="Users and their API keys.", **_TYPER_OPTIONS)
 keys_app = typer.Typer(help="Encryption keys for secrets at rest.", **_TYPER_OPTIONS)
+audit_app = typer.Typer(help="The audit log of security events.", **_TYPER_OPTIONS)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -109,6 +114,9 @@ def serve(
     emulator: Annotated[
         bool, typer.Option("--emulator", help="Use the built-in offline Microsoft emulator.")
     ] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes serving the API (each runs the background jobs).")
+    ] = 1,
 ) -> None:
     """Run the API (and, with --emulator, a local stand-in for Microsoft)."""
     import uvicorn
@@ -169,13 +177,57 @@ def serve(
     typer.echo(
         f"Open {where}/ and paste an API key from `tracecat-integrations users create EMAIL`."
     )
+    # The app writes its own access log (tracecat.middleware), the same with or without
+    # the in-process emulator, whose uvicorn would silence the shared `uvicorn.access`.
+    options: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False}
     try:
-        # The app writes its own access log (tracecat.middleware), the same with or without
-        # the in-process emulator, whose uvicorn would silence the shared `uvicorn.access`.
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+        if workers == 1:
+            uvicorn.run(create_app(settings), **options, **server_options())
+        else:
+            # Worker processes build the app themselves, from the environment: what was
+            # resolved here (the emulator's addresses, the redirect URI) goes there too.
+            os.environ.update(settings_environment(settings, {*update, *EMULATOR_FIELDS}))
+            uvicorn.run(
+                "tracecat.cli:worker_app",
+                factory=True,
+                workers=workers,
+                **options,
+                **server_options(),
+            )
     finally:
         if server:
             server.stop()
+
+
+EMULATOR_FIELDS = (
+    "microsoft_authority_host",
+    "microsoft_graph_url",
+    "microsoft_ca_bundle",
+    "microsoft_client_id",
+    "microsoft_client_secret",
+)
+
+
+def settings_environment(settings: Settings, fields: set[str]) -> dict[str, str]:
+    """Settings as the environment variables that would give them (lists comma-separated)."""
+    environment = {}
+    for name in fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        environment[name.upper()] = text
+    return environment
+
+
+def worker_app() -> Any:
+    """The app of one `serve --workers N` process (uvicorn imports it by name)."""
+    from tracecat.app import create_app
+    from tracecat.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.tracecat_log_level)
+    return create_app(settings)
 
 
 @app.command("emulator")
@@ -254,6 +306,38 @@ def users_delete(email: str) -> None:
 
     _with_database(lambda session: UserService(session).delete_user(email))
     typer.echo(f"Deleted {email}.")
+
+
+@audit_app.command("list")
+def audit_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's events (email).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only events at or after this ISO date or date-time (UTC unless given)."),
+    ] = None,
+) -> None:
+    """Print security events newest first, one JSON object per line."""
+    from tracecat.audit.schemas import AuditEventResponse
+    from tracecat.audit.service import list_all
+    from tracecat.auth.service import UserService
+
+    # Checked before the database is opened, like an email to create.
+    since_at = _parse_since(since) if since is not None else None
+
+    async def read(session: Any) -> list[Any]:
+        user_id = (await UserService(session).get_by_email(user)).id if user else None
+        return await list_all(session, user_id, since_at)
+
+    for row in _with_database(read):
+        typer.echo(AuditEventResponse.from_row(row).model_dump_json())
+
+
+def _parse_since(value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        _fail("--since: not an ISO date or date-time: use e.g. 2026-12-01 or 2026-12-01T09:30Z")
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 @keys_app.command("generate")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import certifi
+from limits import parse
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -91,6 +92,21 @@ class Settings(BaseSettings):
     )
     tracecat_subscription_lifetime_seconds: int = Field(252000, gt=0, le=253800)
     tracecat_resync_interval_seconds: int = Field(300, ge=0)
+    # The audit log (tracecat/audit/): events older than this are pruned, hourly.
+    tracecat_audit_retention_days: int = Field(90, ge=1)
+
+    # Abuse limits (tracecat/ratelimit.py, tracecat/http_limits.py):
+    # - TRACECAT_RATE_LIMIT: requests per API key, in the `limits` notation ("600/minute").
+    # - TRACECAT_AUTH_FAILURE_LIMIT: failed authentications per client address; over it the
+    #   address is refused, valid keys included, until the window passes.
+    # - TRACECAT_TRUSTED_PROXIES: CIDRs of proxies whose X-Forwarded-For names the client.
+    # - TRACECAT_MAX_BODY_BYTES: the largest request body read.
+    tracecat_rate_limit: str = "600/minute"
+    tracecat_auth_failure_limit: str = "30/minute"
+    tracecat_trusted_proxies: Annotated[
+        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
+    ] = Field(default_factory=list)
+    tracecat_max_body_bytes: int = Field(1024 * 1024, gt=0)
 
     @field_validator("microsoft_extra_scopes", "tracecat_encryption_keys", mode="before")
     @classmethod
@@ -109,7 +125,16 @@ class Settings(BaseSettings):
                 raise ValueError("must be an https:// URL (http:// only for the emulator)")
         return value
 
-    @field_validator("tracecat_webhook_allowed_networks", mode="before")
+    @field_validator("tracecat_rate_limit", "tracecat_auth_failure_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("use an amount per period, e.g. 600/minute or 10/second") from None
+        return value
+
+    @field_validator("tracecat_webhook_allowed_networks", "tracecat_trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
         if not isinstance(value, str):

@@ -9,6 +9,7 @@ from fastapi.security import HTTPBearer
 
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.auth.service import Principal, authenticate
+from tracecat.clients import client_address
 from tracecat.exceptions import AuthenticationError
 from tracecat.resources import AppResources
 from tracecat.web.pages import Pages
@@ -22,8 +23,18 @@ class ApiKeyBearer(HTTPBearer):
         credentials = await super().__call__(request)
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise AuthenticationError("missing API key: send `Authorization: Bearer <api key>`")
-        resources = request.app.state.resources
-        return await authenticate(resources.database, credentials.credentials, resources.cache)
+        resources: AppResources = request.app.state.resources
+        address = client_address(request, resources.settings.tracecat_trusted_proxies)
+        await resources.rate_limits.refuse_if_blocked(address)
+        try:
+            principal = await authenticate(
+                resources.database, credentials.credentials, resources.cache
+            )
+        except AuthenticationError:
+            await resources.rate_limits.count_failure(address)
+            raise
+        await resources.rate_limits.count_request(str(principal.key_id), principal.id, address)
+        return principal
 
 
 CurrentUser = Annotated[

@@ -23,6 +23,7 @@ No message ever contains a token, a key or the client secret.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 CONNECT_HINT = "connect again at GET /auth/integrations/microsoft/connect"
@@ -44,12 +45,24 @@ class BadRequestError(TracecatError):
 
 class SignInError(BadRequestError):
     """A sign-in callback that cannot complete. The callback is a page in a person's browser,
-    so besides the API's `detail` it says what happened and what to do in plain words."""
+    so besides the API's `detail` it says what happened and what to do in plain words.
+    `reason` is the same as a short code for the audit log (`unknown_state`, `access_denied`,
+    ...); `user_id` the user whose flow it was, when known."""
 
-    def __init__(self, detail: str, *, what: str, advice: str = START_AGAIN) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        what: str,
+        advice: str = START_AGAIN,
+        reason: str = "refused",
+        user_id: uuid.UUID | None = None,
+    ) -> None:
         super().__init__(detail)
         self.what = what
         self.advice = advice
+        self.reason = reason
+        self.user_id = user_id
 
 
 class AuthenticationError(TracecatError):
@@ -91,6 +104,14 @@ class ConflictError(TracecatError):
 
 class PayloadTooLargeError(TracecatError):
     status_code = 413
+
+
+class RateLimitedError(TracecatError):
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class SettingsError(TracecatError):

@@ -10,7 +10,7 @@ Usage::
     jobs.add(Job("token-sweep", 60, service.refresh_due))
     jobs.start()          # inside a running event loop
     ...
-    await jobs.stop()     # cancels and awaits every job
+    await jobs.stop(20)   # runs under way may finish for 20 s; pauses end at once
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class JobRunner:
     _jobs: list[Job] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _wakes: dict[str, asyncio.Event] = field(default_factory=dict)
+    _running: set[str] = field(default_factory=set)  # jobs inside a run, not a pause
+    _stopping: bool = False
 
     def add(self, job: Job) -> None:
         if job.interval <= 0:
@@ -76,9 +78,21 @@ class JobRunner:
             asyncio.create_task(self._loop(job), name=f"job:{job.name}") for job in self._jobs
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0) -> None:
+        """End every job: those pausing at once, those in a run once it is over, or after
+        `grace` seconds (a delivery cut off mid-POST would be sent again after a restart)."""
+        self._stopping = True
+        running = []
         for task in self._tasks:
-            task.cancel()
+            if task.get_name().removeprefix("job:") in self._running and grace > 0:
+                running.append(task)
+            else:
+                task.cancel()
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace)
+            for task in late:
+                logger.warning("Background job %s cut off at shutdown", task.get_name())
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -100,10 +114,15 @@ class JobRunner:
 
     async def _loop(self, job: Job) -> None:
         wake = self._wakes[job.name]
-        while True:
+        while not self._stopping:
             wake.clear()  # what arrives from here on is seen by this run or wakes the next
-            await self.run_once(job)
-            await self._pause(job, wake)
+            self._running.add(job.name)
+            try:
+                await self.run_once(job)
+            finally:
+                self._running.discard(job.name)
+            if not self._stopping:
+                await self._pause(job, wake)
 
     async def _pause(self, job: Job, wake: asyncio.Event) -> None:
         """The job's interval (with jitter), cut short by `wake`."""

@@ -8,6 +8,8 @@
   query string (the callback's carries the authorization code), status, milliseconds. The same
   line whether or not the emulator runs in the process, since uvicorn's own access log is
   shared with, and switched off by, the in-process emulator server.
+- Bodies over `TRACECAT_MAX_BODY_BYTES` are refused with 413 before more than that is read,
+  whether announced by Content-Length or sent chunked (the app then sees a disconnect).
 - The last word on anything unhandled: a JSON 500 naming no secret, logged without traceback
   (tracebacks can quote values).
 
@@ -42,9 +44,20 @@ _NO_STORE = (b"cache-control", b"no-store")
 _PRIVATE_PREFIX = "/auth/"
 
 
+_TOO_LARGE_HEADERS = [(b"content-type", b"application/json"), (b"connection", b"close")]
+
+
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = 1024 * 1024) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
+        self._too_large = json.dumps(
+            {"detail": f"request body over {max_body_bytes} bytes (TRACECAT_MAX_BODY_BYTES)"}
+        ).encode()
+        self._too_large_headers = [
+            *_TOO_LARGE_HEADERS,
+            (b"content-length", str(len(self._too_large)).encode()),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,9 +66,13 @@ class EdgeMiddleware:
         started = time.perf_counter()
         status = 0
         private = scope["path"].startswith(_PRIVATE_PREFIX)
+        received = 0
+        refused = False  # we answered 413 ourselves; what the app sends after is dropped
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
+            if refused and status:
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
@@ -69,9 +86,43 @@ class EdgeMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        async def refuse_body() -> None:
+            nonlocal refused
+            await send_with_headers(
+                {"type": "http.response.start", "status": 413, "headers": self._too_large_headers}
+            )
+            await send_with_headers({"type": "http.response.body", "body": self._too_large})
+            refused = True
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes and not status:
+                    await refuse_body()
+                    return {"type": "http.disconnect"}
+            return message
+
         try:
-            await self.app(scope, receive, send_with_headers)
+            length = _announced_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                await refuse_body()
+                return
+            app_receive: Receive = counted_receive
+            if length is None and _chunked(scope):
+                # No length announced: read it all first (at most the limit), so a body
+                # over it is refused even where the route would not have read it.
+                buffered = await _read_all(counted_receive)
+                if refused:
+                    return
+                app_receive = _replay(buffered, receive)
+            await self.app(scope, app_receive, send_with_headers)
         except Exception as exc:
+            if refused:  # the app tripped over the disconnect we gave it
+                return
             logger.error("Unhandled %s", type(exc).__name__, exc_info=(type(exc), exc, None))
             if status:  # the answer has begun: only dropping the connection is left
                 raise
@@ -95,3 +146,36 @@ class EdgeMiddleware:
                     status or 500,
                     (time.perf_counter() - started) * 1000,
                 )
+
+
+def _announced_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0  # the server refuses a malformed length itself
+    return None
+
+
+def _chunked(scope: Scope) -> bool:
+    return any(name == b"transfer-encoding" for name, _ in scope["headers"])
+
+
+async def _read_all(receive: Receive) -> list[Message]:
+    messages = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """The body already read, then the connection's own events (a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed

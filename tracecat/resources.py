@@ -1,13 +1,14 @@
 """What a running app owns: opened once by its lifespan, closed by it, nothing global.
 
 The database (with its keyring: there is no process-wide one), the read cache, the Graph
-connection pool and send pacer, the MSAL provider, the integration service built on them (on
-the app's clock: tests inject one), and the background jobs. A new capability adds its parts
-here, so shutdown closes everything in one place.
+connection pool and send pacer, the MSAL provider, the audit log, the integration service
+built on them (on the app's clock: tests inject one), and the background jobs. A new
+capability adds its parts here, so shutdown closes everything in one place.
 """
 
 from __future__ import annotations
 
+from tracecat.audit.service import AuditLog
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.cache import ReadCache
@@ -17,11 +18,14 @@ from tracecat.crypto import Keyring
 from tracecat.db import Database
 from tracecat.graph.pacing import pacer_from_settings
 from tracecat.graph.transport import GraphPool
+from tracecat.http_limits import GRACEFUL_SHUTDOWN_SECONDS
 from tracecat.jobs import Job, JobRunner
 from tracecat.notifications.catch_up import CatchUp
 from tracecat.notifications.delivery import DeliveryWorker
 from tracecat.notifications.maintenance import SubscriptionMaintenance
 from tracecat.notifications.processing import NotificationProcessor
+from tracecat.ratelimit import Exceeded, RateLimits
+from tracecat.readiness import Readiness
 from tracecat.web.demo_inbox import DemoInbox
 from tracecat.web.sessions import WebSessions
 
@@ -29,6 +33,8 @@ from tracecat.web.sessions import WebSessions
 PROCESSING_JOB = "notification-processing"
 DELIVERY_JOB = "webhook-delivery"
 LIFECYCLE_JOB = "subscription-lifecycle"
+AUDIT_PRUNE_JOB = "audit-prune"
+AUDIT_PRUNE_SECONDS = 3600
 
 
 class AppResources:
@@ -42,6 +48,10 @@ class AppResources:
         # One budget for every send of this app (in Redis, shared by instances, if REDIS_URL).
         self.pacer = pacer_from_settings(settings)
         self.provider = MicrosoftOAuthProvider(settings)
+        # Security events, recorded by the services below (and the rate limiter).
+        self.audit = AuditLog(
+            self.database, clock, retention_days=settings.tracecat_audit_retention_days
+        )
         self.integrations = IntegrationService(
             self.database,
             settings,
@@ -50,8 +60,11 @@ class AppResources:
             graph_pool=self.graph_pool,
             pacer=self.pacer,
             clock=clock,
+            audit=self.audit,
         )
         self.web_sessions = WebSessions(self.database, clock)
+        self.readiness = Readiness(settings, self.database)
+        self.rate_limits = RateLimits(settings, on_exceeded=self._rate_limit_exceeded)
         self.demo_inbox = DemoInbox()  # served only with the emulator
         # Change notifications: what Microsoft sent is turned into webhooks in the outbox,
         # which the worker delivers. Both poll with one cheap read when idle.
@@ -76,6 +89,8 @@ class AppResources:
             interval = settings.tracecat_refresh_interval_seconds
             self.jobs.add(Job("subscription-renewal", interval, self.maintenance.run_once))
         self.jobs.add(Job(LIFECYCLE_JOB, 2, self.maintenance.process_lifecycle))
+        # Events older than TRACECAT_AUDIT_RETENTION_DAYS go; by the app's clock (tests move it).
+        self.jobs.add(Job(AUDIT_PRUNE_JOB, AUDIT_PRUNE_SECONDS, self.audit.prune))
         if settings.tracecat_resync_interval_seconds > 0:
             interval = settings.tracecat_resync_interval_seconds
             self.jobs.add(Job("notification-catch-up", interval, self.catch_up.run_once))
@@ -83,6 +98,11 @@ class AppResources:
     def notifications_kept(self, lifecycle: bool) -> None:
         """Microsoft's notifications were just stored: act on them now, not at the next tick."""
         self.jobs.wake(LIFECYCLE_JOB if lifecycle else PROCESSING_JOB)
+
+    async def _rate_limit_exceeded(self, exceeded: Exceeded) -> None:
+        await self.audit.rate_limit_exceeded(
+            user_id=exceeded.user_id, client_address=exceeded.address, limit=exceeded.limit
+        )
 
     def deliveries_due(self) -> None:
         self.jobs.wake(DELIVERY_JOB)
@@ -92,9 +112,10 @@ class AppResources:
 
     async def aclose(self) -> None:
         """Stop the jobs first (they use everything else), then close in reverse order."""
-        await self.jobs.stop()
+        await self.jobs.stop(grace=GRACEFUL_SHUTDOWN_SECONDS)
         await self.deliveries.aclose()
         self.provider.close()
         await self.pacer.aclose()
         await self.graph_pool.aclose()
+        await self.readiness.aclose()
         await self.database.dispose()

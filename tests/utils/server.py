@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tracecat.http_limits import server_options
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -22,7 +24,9 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(
+        self, app: Any, port: int | None = None, options: dict[str, Any] | None = None
+    ) -> None:
         self.port = port or free_port()
         config = uvicorn.Config(
             app,
@@ -31,6 +35,8 @@ class LiveServer:
             log_config=None,
             access_log=False,  # the app logs its own access lines
             lifespan="on",
+            # The same HTTP limits and proxy trust as `serve`, unless a test changes them.
+            **(options or server_options()),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -102,10 +108,17 @@ class ServeProcess:
         self._process.kill()
         self._process.wait(timeout=15)
 
+    def terminate(self) -> None:
+        """SIGTERM, as an orchestrator stops a container: in-flight work may finish."""
+        self._process.terminate()
+
+    def wait(self, timeout: float = 40) -> int:
+        return self._process.wait(timeout=timeout)
+
     def stop(self) -> None:
         if self._process.poll() is None:
             self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
+            try:  # the graceful shutdown gives work in flight up to 20 s
+                self._process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._process.kill()

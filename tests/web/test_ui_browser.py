@@ -229,4 +229,3 @@ def test_a_wrong_key_is_said_on_the_page(api: Api, app_url: str, page: Page) -> 
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_contain_text("not valid")
     accessible(page)
-

@@ -13,6 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, selectinload
 
+from tracecat.audit.models import AuditActor, AuditEvent
+from tracecat.audit.service import new_record
 from tracecat.auth.models import ApiKey, User
 from tracecat.cache import NO_CACHE, ReadCache
 from tracecat.crypto import hash_secret, new_api_key
@@ -30,6 +32,11 @@ class IssuedKey:
     def as_json(self) -> dict[str, str]:
         return {"id": str(self.user.id), "email": self.user.email, "api_key": self.api_key}
 
+    @property
+    def prefix(self) -> str:
+        """What `users list` shows of the key (its stored `prefix`), never the key."""
+        return self.api_key[:8]
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -37,10 +44,11 @@ class Principal:
 
     id: uuid.UUID
     email: str
+    key_id: uuid.UUID | None = None  # the API key used (rate limits count per key)
 
 
 _AUTHENTICATE = (
-    select(User.id, User.email)
+    select(User.id, User.email, ApiKey.id.label("key_id"))
     .join(ApiKey)
     .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
 )
@@ -55,7 +63,7 @@ async def authenticate(database: Database, api_key: str, cache: ReadCache = NO_C
         rows = await database.fetch_all(_AUTHENTICATE, {"key_hash": key_hash})
         if not rows:
             raise AuthenticationError("invalid or revoked API key")
-        principal = Principal(id=rows[0].id, email=rows[0].email)
+        principal = Principal(id=rows[0].id, email=rows[0].email, key_id=rows[0].key_id)
         cache.put("api_key", key_hash, principal)
     return principal
 
@@ -102,8 +110,12 @@ def normalize_email(email: str) -> str:
 
 
 class UserService:
-    def __init__(self, session: AsyncSession) -> None:
+    """Every change of a user's keys is in the audit log, in the same transaction; `actor`
+    says who made it (the command line today)."""
+
+    def __init__(self, session: AsyncSession, *, actor: AuditActor = AuditActor.CLI) -> None:
         self.session = session
+        self.actor = actor
 
     async def create_user(self, email: str) -> IssuedKey:
         user = User(email=normalize_email(email))
@@ -114,6 +126,7 @@ class UserService:
             await self.session.rollback()
             raise ConflictError(f"a user with email {user.email} already exists") from None
         issued = await self._issue_key(user)
+        self._audit(AuditEvent.API_KEY_CREATED, user, f"key {issued.prefix}…")
         await self.session.commit()
         return issued
 
@@ -135,14 +148,18 @@ class UserService:
     async def rotate_key(self, email: str) -> IssuedKey:
         """Revoke every key of the user and issue one new key."""
         user = await self.get_by_email(email)
-        await self._revoke_keys(user)
+        count = await self._revoke_keys(user)
         issued = await self._issue_key(user)
+        detail = f"{count} key(s) revoked, new key {issued.prefix}…"
+        self._audit(AuditEvent.API_KEY_ROTATED, user, detail)
         await self.session.commit()
         return issued
 
     async def revoke_keys(self, email: str) -> int:
         user = await self.get_by_email(email)
         count = await self._revoke_keys(user)
+        if count:
+            self._audit(AuditEvent.API_KEY_REVOKED, user, f"{count} key(s) revoked")
         await self.session.commit()
         return count
 
@@ -151,11 +168,21 @@ class UserService:
         await self.session.delete(user)
         await self.session.commit()
 
+    def _audit(self, event: AuditEvent, user: User, detail: str) -> None:
+        self.session.add(
+            new_record(
+                event, at=datetime.now(UTC), user_id=user.id, actor=self.actor, detail=detail
+            )
+        )
+
     async def _issue_key(self, user: User) -> IssuedKey:
         api_key = new_api_key()
-        self.session.add(ApiKey(user_id=user.id, key_hash=hash_secret(api_key), prefix=api_key[:8]))
+        issued = IssuedKey(user=user, api_key=api_key)
+        self.session.add(
+            ApiKey(user_id=user.id, key_hash=hash_secret(api_key), prefix=issued.prefix)
+        )
         await self.session.flush()
-        return IssuedKey(user=user, api_key=api_key)
+        return issued
 
     async def _revoke_keys(self, user: User) -> int:
         # An UPDATE answers with a cursor result, which carries the row count.

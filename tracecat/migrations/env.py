@@ -5,7 +5,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from tracecat.auth import models as _auth_models  # noqa: F401  (registers tables)
+from tracecat.audit import models as _audit_models  # noqa: F401  (registers tables)
+from tracecat.auth import models as _auth_models  # noqa: F401
 from tracecat.auth.integrations import models as _integration_models  # noqa: F401
 from tracecat.config import get_settings
 from tracecat.db import Base, create_engine

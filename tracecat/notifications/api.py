@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 
+from tracecat.audit.context import request_address
 from tracecat.deps import CurrentUser, ResourcesDep
 from tracecat.notifications.schemas import (
     CreateSubscriptionRequest,
@@ -31,6 +32,7 @@ async def get_notification_service(resources: ResourcesDep) -> NotificationServi
         resources.settings,
         resources.clock,
         resources.graph_pool,
+        audit=resources.audit,
     )
 
 
@@ -39,11 +41,17 @@ Service = Annotated[NotificationService, Depends(get_notification_service)]
 
 @router.post("", response_model=SubscriptionCreated, status_code=status.HTTP_201_CREATED)
 async def create_subscription(
-    body: CreateSubscriptionRequest, user: CurrentUser, service: Service
+    request: Request, body: CreateSubscriptionRequest, user: CurrentUser, service: Service
 ) -> SubscriptionCreated:
     """Subscribe `target_url` to new messages and replies in a channel. The answer carries the
     signing secret (`whsec_...`), shown only here."""
-    row, secret = await service.create(user.id, body.team_id, body.channel_id, body.target_url)
+    row, secret = await service.create(
+        user.id,
+        body.team_id,
+        body.channel_id,
+        body.target_url,
+        client_address=request_address(request),
+    )
     return SubscriptionCreated(**SubscriptionResponse.from_row(row).model_dump(), secret=secret)
 
 
@@ -60,16 +68,21 @@ async def get_subscription(
 
 
 @router.delete("/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_subscription(subscription_id: str, user: CurrentUser, service: Service) -> None:
-    await service.delete(user.id, subscription_id)
+async def delete_subscription(
+    request: Request, subscription_id: str, user: CurrentUser, service: Service
+) -> None:
+    await service.delete(user.id, subscription_id, client_address=request_address(request))
 
 
 @router.post("/{subscription_id}/rotate-secret", response_model=SecretResponse)
 async def rotate_secret(
-    subscription_id: str, user: CurrentUser, service: Service
+    request: Request, subscription_id: str, user: CurrentUser, service: Service
 ) -> SecretResponse:
     """A new signing secret; for 24 hours webhooks are signed by the previous one too."""
-    return SecretResponse(secret=await service.rotate_secret(user.id, subscription_id))
+    address = request_address(request)
+    return SecretResponse(
+        secret=await service.rotate_secret(user.id, subscription_id, client_address=address)
+    )
 
 
 @router.get("/{subscription_id}/deliveries", response_model=list[DeliveryResponse])

@@ -2,9 +2,11 @@
 
 Each notification names Graph's subscription and echoes its `clientState`, a secret we chose:
 one that does not match (in constant time) or names no subscription of ours is dropped,
-counted in /metrics, and never relayed. The rest are stored in one transaction and answered
-202 at once (Graph wants an answer within 3 s); fetching the message and enqueueing its
-webhook happens afterwards, in a job, so a slow Graph or target never slows the answer.
+counted in /metrics, recorded in the audit log (`notification.forged`, under the
+subscription's user when the subscription is ours) and never relayed. The rest are stored
+in one transaction and answered 202 at once (Graph wants an answer within 3 s); fetching the
+message and enqueueing its webhook happens afterwards, in a job, so a slow Graph or target
+never slows the answer.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import hmac
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select
 
+from tracecat.audit.models import AuditActor, AuditEvent, AuditOutcome
+from tracecat.audit.service import AuditLog
 from tracecat.clock import Clock
 from tracecat.db import Database
 from tracecat.exceptions import BadRequestError
@@ -69,10 +74,19 @@ def _items(body: object, kind: InboundKind) -> list[_Item] | None:
     return items
 
 
-async def receive(database: Database, body: Any, kind: InboundKind, clock: Clock) -> int:
+async def receive(
+    database: Database,
+    body: Any,
+    kind: InboundKind,
+    clock: Clock,
+    *,
+    audit: AuditLog | None = None,
+    client_address: str | None = None,
+) -> int:
     """Store the genuine notifications of one POST; returns how many were kept. Forged ones
     are dropped quietly (the sender learns nothing); a body that is not a notification
     collection at all is a 400 (Graph never sends one)."""
+    audit = audit or AuditLog(database, clock)
     items = _items(body, kind)
     if items is None:
         NOTIFICATIONS_RECEIVED.labels(kind=kind, outcome="malformed").inc()
@@ -83,12 +97,16 @@ async def receive(database: Database, body: Any, kind: InboundKind, clock: Clock
         rows = await session.scalars(_BY_GRAPH_ID, {"ids": [i.subscription_id for i in items]})
         subscriptions = {row.graph_subscription_id: row for row in rows}
         kept = 0
+        # One audit event per POST, subscription and verdict: a forger sending a thousand
+        # items in one body adds a row, not a thousand.
+        dropped: Counter[tuple[uuid.UUID | None, str]] = Counter()
         for item in items:
             subscription = subscriptions.get(item.subscription_id)
             outcome = _verdict(subscription, item)
             NOTIFICATIONS_RECEIVED.labels(kind=kind, outcome=outcome).inc()
             if subscription is None or outcome != "accepted":
                 logger.warning("Dropped a %s notification: %s", kind, outcome)
+                dropped[(subscription.id if subscription else None, outcome)] += 1
                 continue
             session.add(
                 InboundNotification(
@@ -100,6 +118,18 @@ async def receive(database: Database, body: Any, kind: InboundKind, clock: Clock
                 )
             )
             kept += 1
+        owners = {row.id: row.user_id for row in subscriptions.values()}
+        for (subscription_id, outcome), count in dropped.items():
+            audit.add(
+                session,
+                AuditEvent.NOTIFICATION_FORGED,
+                user_id=owners.get(subscription_id) if subscription_id else None,
+                outcome=AuditOutcome.REFUSED,
+                actor=AuditActor.UNKNOWN,
+                client_address=client_address,
+                detail=f"{count} {kind} notification(s) dropped: {outcome}"
+                + (f", subscription {subscription_id}" if subscription_id else ""),
+            )
         await session.commit()
     return kept
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
 
+from tracecat.audit.context import request_address
 from tracecat.deps import ResourcesDep
 from tracecat.exceptions import BadRequestError
 from tracecat.notifications import inbound
@@ -40,7 +41,15 @@ async def _handle(
         body = await request.json()
     except ValueError:
         raise BadRequestError("the body must be JSON: a Microsoft Graph notification") from None
-    if await inbound.receive(resources.database, body, kind, resources.clock):
+    kept = await inbound.receive(
+        resources.database,
+        body,
+        kind,
+        resources.clock,
+        audit=resources.audit,
+        client_address=request_address(request),
+    )
+    if kept:
         resources.notifications_kept(lifecycle=kind is InboundKind.LIFECYCLE)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 

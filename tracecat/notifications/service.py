@@ -19,6 +19,8 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select
 
+from tracecat.audit.models import AuditEvent
+from tracecat.audit.service import AuditLog
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.clock import Clock
 from tracecat.config import Settings
@@ -87,12 +89,16 @@ class NotificationService:
         settings: Settings,
         clock: Clock,
         graph_pool: GraphPool | None = None,
+        *,
+        audit: AuditLog | None = None,
     ) -> None:
         self.database = database
         self.integrations = integrations
         self.settings = settings
         self.clock = clock
         self.graph_pool = graph_pool
+        # Created, deleted and rotated are recorded in the transaction that makes the change.
+        self.audit = audit or AuditLog(database, clock)
 
     def graph_client(self, access_token: str) -> GraphSubscriptionsClient:
         return GraphSubscriptionsClient(
@@ -104,7 +110,13 @@ class NotificationService:
     # --- creating -------------------------------------------------------------------------
 
     async def create(
-        self, user_id: uuid.UUID, team_id: str, channel_id: str, target_url: str
+        self,
+        user_id: uuid.UUID,
+        team_id: str,
+        channel_id: str,
+        target_url: str,
+        *,
+        client_address: str | None = None,
     ) -> tuple[NotificationSubscription, str]:
         """The new row and its signing secret (shown once)."""
         require_segment(team_id, "team_id")
@@ -149,6 +161,14 @@ class NotificationService:
         try:
             async with self.database.session() as session, session.begin():
                 session.add(row)
+                self.audit.add(
+                    session,
+                    AuditEvent.SUBSCRIPTION_CREATED,
+                    user_id=user_id,
+                    client_address=client_address,
+                    # Not the target URL: some receivers carry their own secret in it.
+                    detail=f"subscription {row.id}, target host {target.host}",
+                )
         except BaseException:
             # Never a Graph subscription without its row: notifications for it would be
             # dropped as unknown until it expired.
@@ -184,7 +204,9 @@ class NotificationService:
 
     # --- deleting -------------------------------------------------------------------------
 
-    async def delete(self, user_id: uuid.UUID, subscription_id: str) -> None:
+    async def delete(
+        self, user_id: uuid.UUID, subscription_id: str, *, client_address: str | None = None
+    ) -> None:
         """Graph's subscription first (gone already is fine), then the row; its deliveries
         and kept notifications go with it (cascade)."""
         row = await self.get(user_id, subscription_id)
@@ -196,6 +218,13 @@ class NotificationService:
                     NotificationSubscription.id == row.id,
                     NotificationSubscription.user_id == user_id,
                 )
+            )
+            self.audit.add(
+                session,
+                AuditEvent.SUBSCRIPTION_DELETED,
+                user_id=user_id,
+                client_address=client_address,
+                detail=f"subscription {row.id}",
             )
         logger.info("User %s deleted subscription %s", user_id, row.id)
 
@@ -227,7 +256,9 @@ class NotificationService:
 
     # --- the signing secret ---------------------------------------------------------------
 
-    async def rotate_secret(self, user_id: uuid.UUID, subscription_id: str) -> str:
+    async def rotate_secret(
+        self, user_id: uuid.UUID, subscription_id: str, *, client_address: str | None = None
+    ) -> str:
         """A new secret; the current one keeps signing too for `signing.ROTATION_OVERLAP`."""
         key = _subscription_id(subscription_id)
         now = self.clock.now()
@@ -247,6 +278,13 @@ class NotificationService:
             row.previous_secret = previous
             row.previous_secret_expires_at = previous_expires_at
             row.updated_at = now
+            self.audit.add(
+                session,
+                AuditEvent.SUBSCRIPTION_SECRET_ROTATED,
+                user_id=user_id,
+                client_address=client_address,
+                detail=f"subscription {key}",
+            )
         logger.info("User %s rotated the secret of subscription %s", user_id, key)
         return secret
 

@@ -15,9 +15,11 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from tracecat.audit.context import request_address
 from tracecat.auth.integrations.router import BROWSER_COOKIE, BROWSER_COOKIE_PATH
 from tracecat.auth.integrations.schemas import StatusResponse
-from tracecat.auth.integrations.service import new_browser_id
+from tracecat.auth.integrations.service import browser_id_from
+from tracecat.clients import client_address
 from tracecat.deps import PagesDep, ResourcesDep
 from tracecat.exceptions import AuthenticationError, NotFoundError, TracecatError
 from tracecat.graph.ids import require_segment
@@ -40,7 +42,11 @@ RECENT_MESSAGES = 20
 
 
 async def web_user(request: Request, resources: ResourcesDep) -> WebUser:
-    return await resources.web_sessions.resolve(request.cookies.get(SESSION_COOKIE))
+    user = await resources.web_sessions.resolve(request.cookies.get(SESSION_COOKIE))
+    # A session spends its API key's budget: pages are no way around the rate limit.
+    address = client_address(request, resources.settings.tracecat_trusted_proxies)
+    await resources.rate_limits.count_request(str(user.principal.key_id), user.id, address)
+    return user
 
 
 async def checked_user(
@@ -106,9 +112,12 @@ async def sign_in(
     if _from_another_site(request):
         return pages.render("index.html", 403, error="Sign in from this page, not another site.")
     sessions: WebSessions = resources.web_sessions
+    address = client_address(request, resources.settings.tracecat_trusted_proxies)
+    await resources.rate_limits.refuse_if_blocked(address)
     try:
         token = await sessions.open(api_key)
     except AuthenticationError:
+        await resources.rate_limits.count_failure(address)
         error = (
             "This API key is not valid (it may have been revoked). Paste a current key, or "
             "create one with: tracecat-integrations users create EMAIL"
@@ -174,8 +183,10 @@ async def connect(
     request: Request, user: CheckedUser, resources: ResourcesDep, pages: PagesDep
 ) -> Response:
     """Start Microsoft's sign-in from this browser (the flow is bound to it by a cookie)."""
-    browser_id = request.cookies.get(BROWSER_COOKIE) or new_browser_id()
-    auth_url = await resources.integrations.start_connect(user.id, browser_id)
+    browser_id = browser_id_from(request.cookies.get(BROWSER_COOKIE))
+    auth_url = await resources.integrations.start_connect(
+        user.id, browser_id, client_address=request_address(request)
+    )
     response = pages.render("continue.html", url=auth_url)
     response.set_cookie(
         BROWSER_COOKIE,
@@ -191,12 +202,17 @@ async def connect(
 
 @router.post("/connection/disconnect")
 async def disconnect(
-    page: PageDep, user: CheckedUser, confirm: Annotated[str | None, Form()] = None
+    request: Request,
+    page: PageDep,
+    user: CheckedUser,
+    confirm: Annotated[str | None, Form()] = None,
 ) -> Response:
     if confirm != "yes":  # confirmed on the page itself, not in a browser dialog
         return await _connection_page(page, confirm_disconnect=True)
     with contextlib.suppress(NotFoundError):  # already not connected: the page says so
-        await page.resources.integrations.disconnect(user.id)
+        await page.resources.integrations.disconnect(
+            user.id, client_address=request_address(request)
+        )
     return await _connection_page(
         page, confirm_disconnect=False, notice="Microsoft Teams was disconnected."
     )

@@ -37,7 +37,7 @@ _KEY = select(ApiKey.id, ApiKey.user_id).where(
     ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
 )
 _SESSION = (
-    select(User.id, User.email)
+    select(User.id, User.email, WebSession.api_key_id)
     .select_from(WebSession)
     .join(User, User.id == WebSession.user_id)
     .join(ApiKey, ApiKey.id == WebSession.api_key_id)
@@ -105,7 +105,9 @@ class WebSessions:
         )
         if not rows:
             raise SignInRequiredError
-        return WebUser(Principal(id=rows[0].id, email=rows[0].email), csrf_token(token))
+        row = rows[0]
+        principal = Principal(id=row.id, email=row.email, key_id=row.api_key_id)
+        return WebUser(principal, csrf_token(token))
 
     async def close(self, token: str | None) -> None:
         if token:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
+from tracecat.audit.context import request_address
 from tracecat.exceptions import TracecatError
 from tracecat.notifications.api import get_notification_service
 from tracecat.notifications.models import NotificationSubscription, WebhookDelivery
@@ -99,6 +100,7 @@ async def channel_options(page: PageDep, team_id: str = "") -> Response:
 
 @router.post("/subscriptions", response_class=HTMLResponse)
 async def create(
+    request: Request,
     page: PageDep,
     user: CheckedUser,
     service: Service,
@@ -111,7 +113,13 @@ async def create(
         error = "Pick a team and a channel, and give the target URL your automation listens on."
         return await _list_page(page, service, status=422, error=error, form=form)
     try:
-        row, secret = await service.create(user.id, team_id, channel_id, form["target_url"])
+        row, secret = await service.create(
+            user.id,
+            team_id,
+            channel_id,
+            form["target_url"],
+            client_address=request_address(request),
+        )
     except TracecatError as problem:
         error = present.error_in_words(problem)
         return await _list_page(page, service, status=problem.status_code, error=error, form=form)
@@ -120,9 +128,10 @@ async def create(
 
 @router.post("/subscriptions/{subscription_id}/rotate-secret", response_class=HTMLResponse)
 async def rotate(
-    subscription_id: str, page: PageDep, user: CheckedUser, service: Service
+    request: Request, subscription_id: str, page: PageDep, user: CheckedUser, service: Service
 ) -> Response:
-    secret = await service.rotate_secret(user.id, subscription_id)
+    address = request_address(request)
+    secret = await service.rotate_secret(user.id, subscription_id, client_address=address)
     return _secret_page(page, uuid.UUID(subscription_id), secret, created=False)
 
 
@@ -139,6 +148,7 @@ def _secret_page(page: Page, subscription_id: uuid.UUID, secret: str, *, created
 
 @router.post("/subscriptions/{subscription_id}/delete", response_class=HTMLResponse)
 async def delete(
+    request: Request,
     subscription_id: str,
     page: PageDep,
     user: CheckedUser,
@@ -148,7 +158,7 @@ async def delete(
     await service.get(user.id, subscription_id)  # 404 for an unknown or another's
     if confirm != "yes":
         return await _list_page(page, service, confirm_delete=subscription_id)
-    await service.delete(user.id, subscription_id)
+    await service.delete(user.id, subscription_id, client_address=request_address(request))
     return await _list_page(page, service, notice="The subscription was deleted.")
 
 

@@ -251,3 +251,18 @@ def test_racing_callbacks_connect_once(api: Api) -> None:
             codes = sorted(pool.map(finish, range(4)))
         assert codes == [200, 400, 400, 400]
         assert _status(api, browser, user)["status"] == "connected"
+
+
+def test_a_flow_cookie_we_did_not_mint_is_replaced(api: Api) -> None:
+    user = api.user("analyst@example.com")
+    url = f"{api.url}/auth/integrations/microsoft/connect"
+    for planted in ("planted", "x" * 43 + "!", "a" * 4000, "%C3%A9" * 7 + "x"):
+        with httpx.Client(cookies={"tracecat_oauth_browser": planted}) as client:
+            answer = client.get(url, headers=user.headers)
+            assert answer.status_code == 200
+            minted = answer.cookies["tracecat_oauth_browser"]
+            assert minted != planted and re.fullmatch(r"[A-Za-z0-9_-]{43}", minted)
+    with httpx.Client() as client:  # one of ours is kept: the browser's flows stay its own
+        first = client.get(url, headers=user.headers).cookies["tracecat_oauth_browser"]
+        again = client.get(url, headers=user.headers).cookies["tracecat_oauth_browser"]
+        assert again == first

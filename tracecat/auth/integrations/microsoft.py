@@ -20,6 +20,7 @@ import httpx
 import msal
 from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
 
+from tracecat.audit.service import microsoft_error
 from tracecat.config import Settings
 from tracecat.exceptions import (
     ReauthorizationRequiredError,
@@ -168,12 +169,14 @@ class MicrosoftOAuthProvider:
             raise SignInError(
                 "the sign-in response does not match this flow: start again",
                 what="Microsoft's answer does not belong to this sign-in.",
+                reason="flow_mismatch",
             ) from None
         if "error" in result:
             logger.info("Authorization code redemption refused: %s", result.get("error"))
             raise SignInError(
                 f"Microsoft refused the sign-in ({_error_text(result)}): start again",
                 what=f"Microsoft refused to complete the sign-in: {_error_text(result)}",
+                reason="code_refused " + microsoft_error(result.get("error"), _error_text(result)),
             )
         return TokenResult.from_msal(result, self.requested_scopes)
 

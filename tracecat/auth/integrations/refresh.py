@@ -7,7 +7,8 @@ Guarantees:
   neighbour just stored instead of refreshing again;
 - the rotated refresh token is always stored, in the same transaction that held the lock, so
   an older token is never written over a newer one;
-- `invalid_grant` marks the grant revoked (the user must reconnect); passing failures keep it.
+- `invalid_grant` marks the grant revoked (the user must reconnect), with a `grant.refused`
+  audit event in the same transaction; passing failures keep it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from anyio import to_thread
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tracecat.audit.models import AuditActor, AuditEvent, AuditOutcome
+from tracecat.audit.service import AuditLog, microsoft_error
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider, TokenResult
 from tracecat.auth.integrations.models import GrantState, UserIntegration
 from tracecat.cache import ReadCache
@@ -67,6 +70,7 @@ class TokenRefresher:
         cache: ReadCache,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        audit: AuditLog | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -76,6 +80,7 @@ class TokenRefresher:
         # What "now" is for every check and stamp here, and the pause between retries: one
         # clock, so a sweep and the refresh it starts agree on which tokens are due.
         self.clock = clock
+        self.audit = audit or AuditLog(database, clock)
 
     async def refresh(
         self, integration_id: uuid.UUID, *, seen_version: int | None = None, force: bool = False
@@ -129,6 +134,15 @@ class TokenRefresher:
             try:
                 tokens = await self._redeem(integration.refresh_token)
             except ReauthorizationRequiredError as exc:
+                error, _, description = exc.reason.partition(":")
+                self.audit.add(
+                    session,
+                    AuditEvent.GRANT_REFUSED,
+                    user_id=integration.user_id,
+                    outcome=AuditOutcome.REFUSED,
+                    actor=AuditActor.MICROSOFT,
+                    detail=microsoft_error(error, description),
+                )
                 await _record_failure(
                     session, integration, GrantState.REVOKED, exc.reason, "invalid_grant"
                 )

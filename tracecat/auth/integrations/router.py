@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 from pydantic import TypeAdapter
 
+from tracecat.audit.context import request_address
 from tracecat.auth.integrations.models import MICROSOFT_TEAMS
 from tracecat.auth.integrations.schemas import (
     ConnectResponse,
@@ -15,7 +16,7 @@ from tracecat.auth.integrations.schemas import (
     SendMessageRequest,
     StatusResponse,
 )
-from tracecat.auth.integrations.service import new_browser_id
+from tracecat.auth.integrations.service import browser_id_from
 from tracecat.deps import CurrentUser, IntegrationServiceDep, PagesDep
 from tracecat.exceptions import TracecatError
 from tracecat.graph.ids import require_segment
@@ -33,8 +34,10 @@ BROWSER_COOKIE_PATH = "/auth/integrations/microsoft"
 async def connect(
     request: Request, response: Response, user: CurrentUser, service: IntegrationServiceDep
 ) -> ConnectResponse:
-    browser_id = request.cookies.get(BROWSER_COOKIE) or new_browser_id()
-    auth_url = await service.start_connect(user.id, browser_id)
+    browser_id = browser_id_from(request.cookies.get(BROWSER_COOKIE))
+    auth_url = await service.start_connect(
+        user.id, browser_id, client_address=request_address(request)
+    )
     response.set_cookie(
         BROWSER_COOKIE,
         browser_id,
@@ -55,7 +58,9 @@ async def callback(
     (no `text/html` in Accept) get the JSON error instead of the failure page."""
     try:
         integration = await service.complete_connect(
-            dict(request.query_params), request.cookies.get(BROWSER_COOKIE)
+            dict(request.query_params),
+            request.cookies.get(BROWSER_COOKIE),
+            client_address=request_address(request),
         )
     except TracecatError as error:
         if not wants_html(request):
@@ -66,8 +71,8 @@ async def callback(
 
 
 @router.delete("/microsoft/disconnect", status_code=status.HTTP_204_NO_CONTENT)
-async def disconnect(user: CurrentUser, service: IntegrationServiceDep) -> None:
-    await service.disconnect(user.id)
+async def disconnect(request: Request, user: CurrentUser, service: IntegrationServiceDep) -> None:
+    await service.disconnect(user.id, client_address=request_address(request))
 
 
 @router.get("/microsoft/status", response_model=StatusResponse)

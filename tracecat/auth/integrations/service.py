@@ -1,38 +1,36 @@
 """IntegrationService: the facade for a user's Microsoft grant.
 
-Connecting (the authorization-code flow bound to one browser), reading the connection
-(cached, without tokens), handing out a fresh access token (refreshes live in `refresh.py`)
-and running Graph calls with it (`call_graph`, for any Graph client).
+Connecting (the authorization-code flow bound to one browser: `connect.py`), reading the
+connection (cached, without tokens), handing out a fresh access token (refreshes live in
+`refresh.py`) and running Graph calls with it (`call_graph`, for any Graph client).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
-from anyio import to_thread
-from sqlalchemy import CursorResult, bindparam, delete, select
+from sqlalchemy import bindparam, select
 
+from tracecat.audit.service import AuditLog
+from tracecat.auth.integrations.connect import ConnectFlow
 from tracecat.auth.integrations.microsoft import MicrosoftOAuthProvider
 from tracecat.auth.integrations.models import (
     MICROSOFT_TEAMS,
-    OAUTH_STATE_LIFETIME,
     Grant,
     GrantState,
     IntegrationView,
-    OAuthState,
     UserIntegration,
 )
-from tracecat.auth.integrations.refresh import MIN_REFRESH_SECONDS, TokenRefresher, store_tokens
+from tracecat.auth.integrations.refresh import MIN_REFRESH_SECONDS, TokenRefresher
 from tracecat.cache import NO_CACHE, ReadCache
 from tracecat.clock import SYSTEM_CLOCK, Clock
 from tracecat.config import Settings, get_settings
-from tracecat.crypto import hash_secret
 from tracecat.db import Database
 from tracecat.exceptions import (
     CONNECT_HINT,
@@ -41,25 +39,12 @@ from tracecat.exceptions import (
     GraphError,
     NotConnectedError,
     ReauthorizationRequiredError,
-    SignInError,
 )
 from tracecat.graph.pacing import Pacer, pacer_from_settings
 from tracecat.graph.teams import MicrosoftTeamsClient
 from tracecat.graph.transport import GraphClient, GraphPool
 
 logger = logging.getLogger(__name__)
-
-
-def _refusal_in_words(error: str, reason: str) -> str:
-    """Microsoft's OAuth error, as a person would say it."""
-    if error == "access_denied":
-        return (
-            "The sign-in was cancelled, or the permissions this app asks for were declined, "
-            f"so nothing was connected (Microsoft said: {reason})."
-        )
-    if error in ("consent_required", "interaction_required"):
-        return f"Microsoft needs more consent before it lets this app in ({reason})."
-    return f"Microsoft did not grant access: {reason}"
 
 
 T = TypeVar("T")
@@ -91,6 +76,7 @@ class IntegrationService:
         graph_pool: GraphPool | None = None,
         pacer: Pacer | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        audit: AuditLog | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -102,8 +88,13 @@ class IntegrationService:
         self.pacer = pacer
         # What "now" is for every expiry this service judges or stamps (tests move it).
         self.clock = clock
+        # Connects, disconnects and refused grants are recorded with the change they make.
+        self.audit = audit or AuditLog(database, clock)
         self.refresher = TokenRefresher(
-            database, settings, lambda: self.provider, cache, clock=clock
+            database, settings, lambda: self.provider, cache, clock=clock, audit=self.audit
+        )
+        self.connect_flow = ConnectFlow(
+            database, settings, lambda: self.provider, cache, clock, self.audit
         )
 
     @classmethod
@@ -173,120 +164,21 @@ class IntegrationService:
 
     # --- connecting -----------------------------------------------------------------------
 
-    async def start_connect(self, user_id: uuid.UUID, browser_id: str) -> str:
-        """Begin the authorization-code flow for a user in one browser; returns the URL to open.
-
-        MSAL's flow dict (PKCE verifier, nonce) stays in the database, encrypted, until the
-        callback; `browser_id` is the secret of the cookie that binds it to this browser.
-        """
-        flow = await to_thread.run_sync(self.provider.initiate, self.settings.redirect_uri())
-        now = self.clock.now()
-        async with self.database.session() as session:
-            await session.execute(delete(OAuthState).where(OAuthState.expires_at < now))
-            session.add(
-                OAuthState(
-                    state_hash=hash_secret(flow["state"]),
-                    user_id=user_id,
-                    provider=MICROSOFT_TEAMS,
-                    browser_hash=hash_secret(browser_id),
-                    flow=json.dumps(flow),
-                    expires_at=now + OAUTH_STATE_LIFETIME,
-                )
-            )
-            await session.commit()
-        return flow["auth_uri"]
+    async def start_connect(
+        self, user_id: uuid.UUID, browser_id: str, *, client_address: str | None = None
+    ) -> str:
+        """Begin the authorization-code flow for a user in one browser; returns the URL to open
+        (see `ConnectFlow.start`). `client_address` is for the audit log."""
+        return await self.connect_flow.start(user_id, browser_id, client_address=client_address)
 
     async def complete_connect(
-        self, params: dict[str, str], browser_id: str | None
+        self, params: dict[str, str], browser_id: str | None, *, client_address: str | None = None
     ) -> UserIntegration:
         """Finish a flow from Microsoft's redirect: only in the browser that started it, once."""
-        state = params.get("state")
-        if not state:
-            raise SignInError(
-                "the callback has no state: start again from the connect page",
-                what="This address is not a complete answer from Microsoft's sign-in.",
-            )
-        pending = await self._consume_state(state, browser_id)
-        if "error" in params:
-            description = (params.get("error_description") or "").splitlines()
-            reason = description[0] if description else params["error"]
-            raise SignInError(
-                f"Microsoft did not grant access ({params['error']}: {reason})",
-                what=_refusal_in_words(params["error"], reason),
-            )
-        if not params.get("code"):
-            raise SignInError(
-                "the callback has neither a code nor an error",
-                what="Microsoft's answer carried neither an authorization nor an error.",
-            )
-        flow: dict[str, Any] = json.loads(pending.flow)
-        tokens = await to_thread.run_sync(self.provider.complete, flow, params)
-        async with self.database.session() as session:
-            integration = await session.scalar(
-                _INTEGRATION, {"user_id": pending.user_id, "provider": MICROSOFT_TEAMS}
-            )
-            if integration is None:
-                integration = UserIntegration(user_id=pending.user_id, provider=MICROSOFT_TEAMS)
-                session.add(integration)
-                integration.token_version = 0
-            store_tokens(integration, tokens, refreshed=False, now=self.clock.now())
-            await session.commit()
-        self.cache.forget_user(pending.user_id)
-        logger.info("User %s connected Microsoft account", pending.user_id)
-        return integration
+        return await self.connect_flow.complete(params, browser_id, client_address=client_address)
 
-    async def _consume_state(self, state: str, browser_id: str | None) -> OAuthState:
-        state_hash = hash_secret(state)
-        async with self.database.session() as session:
-            # Delete-returning takes the row exactly once even when two callbacks race.
-            pending = await session.scalar(
-                delete(OAuthState)
-                .where(
-                    OAuthState.state_hash == state_hash,
-                    OAuthState.browser_hash == hash_secret(browser_id or ""),
-                )
-                .returning(OAuthState)
-            )
-            await session.commit()
-            if pending is None:
-                if await session.get(OAuthState, state_hash) is not None:
-                    raise SignInError(
-                        "this sign-in was started in another browser: finish it where it "
-                        "started, or see the README on finishing a flow started with curl",
-                        what="This sign-in was started in another browser (or by a script).",
-                        advice="Finish it in the browser where you pressed Connect. If a "
-                        "script or curl started it, copy this page's address from the address "
-                        "bar and hand it to that script, as the README explains.",
-                    )
-                raise SignInError(
-                    "unknown or already used sign-in state: start again",
-                    what="This sign-in link was already used, or was never issued here.",
-                )
-        if pending.is_expired_at(self.clock.now()):
-            raise SignInError(
-                "this sign-in expired (10 minutes): start again",
-                what="This sign-in took longer than 10 minutes and has expired.",
-            )
-        return pending
-
-    async def disconnect(self, user_id: uuid.UUID) -> None:
-        async with self.database.session() as session:
-            # A DELETE answers with a cursor result, which carries the row count.
-            result = cast(
-                CursorResult[Any],
-                await session.execute(
-                    delete(UserIntegration).where(
-                        UserIntegration.user_id == user_id,
-                        UserIntegration.provider == MICROSOFT_TEAMS,
-                    )
-                ),
-            )
-            await session.execute(delete(OAuthState).where(OAuthState.user_id == user_id))
-            await session.commit()
-        self.cache.forget_user(user_id)
-        if not result.rowcount:
-            raise NotConnectedError
-        logger.info("User %s disconnected Microsoft account", user_id)
+    async def disconnect(self, user_id: uuid.UUID, *, client_address: str | None = None) -> None:
+        await self.connect_flow.disconnect(user_id, client_address=client_address)
 
     async def require_scope(self, user_id: uuid.UUID, scope: str) -> None:
         """Refuse early, with the fix, a call Graph would refuse for a scope never granted."""
@@ -366,3 +258,15 @@ def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
 
 def new_browser_id() -> str:
     return secrets.token_urlsafe(32)
+
+
+# What new_browser_id makes: 32 random bytes, URL-safe base64 without padding.
+_BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def browser_id_from(cookie: str | None) -> str:
+    """The browser's flow-binding id: its cookie if we could have minted it, else a new one
+    (a planted or mangled value is replaced, never stored or echoed)."""
+    if cookie is not None and _BROWSER_ID.fullmatch(cookie):
+        return cookie
+    return new_browser_id()
