@@ -13,17 +13,9 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.test_cli import run_cli
+from tests.utils.browser import launch_chromium
 from tests.utils.flows import ApiUser, connect
 from tests.utils.server import ServeProcess
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
@@ -38,9 +30,7 @@ def emulator_service(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 @pytest.fixture
 def page() -> Iterator[Page]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS
-        )
+        browser = launch_chromium(playwright)
         context = browser.new_context()  # no ignore_https_errors: an untrusted certificate fails
         yield context.new_page()
         browser.close()

@@ -17,19 +17,12 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.conftest import Api, truncate_all
+from tests.utils.browser import launch_chromium
 from tests.utils.flows import ApiUser, create_user
 from tests.utils.polling import eventually
 from tests.utils.server import ServeProcess, free_port
 from tests.utils.webhook import Receiver, running_receiver
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CARD = {
     "type": "AdaptiveCard",
     "version": "1.4",
@@ -75,9 +68,7 @@ def page(user: ApiUser) -> Iterator[Page]:
     """A phone-sized Chromium page; after `user`, whose creation runs its own event loop
     (sync Playwright keeps one running in this thread)."""
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS
-        )
+        browser = launch_chromium(playwright)
         context = browser.new_context(viewport={"width": 390, "height": 844})
         yield context.new_page()
         browser.close()
