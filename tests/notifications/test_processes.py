@@ -9,6 +9,7 @@ test app, whose workers would otherwise take part.
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -202,6 +203,25 @@ def test_a_process_killed_mid_delivery_loses_nothing(
     )
     final = eventually(lambda: all_delivered(restarted.url, subscribed, 3))
     assert {row["message_id"]: row["attempts"] for row in final}[in_flight] == 1
+
+
+def test_sigterm_lets_a_delivery_in_flight_finish(
+    api: Api, processes: Callable[..., ServeProcess], upgraded_url: str, receiver: Receiver
+) -> None:
+    service = processes().wait_ready()
+    subscribed = subscribe(service.url, upgraded_url, receiver.url)
+    receiver.answering.clear()  # the target takes the webhook and holds its answer
+    message = post(api, subscribed, "alert: impossible travel")
+    receiver.wait_for(lambda seen: len(seen) == 1, timeout=30)
+    service.terminate()  # stopping, while the target has not answered yet
+    receiver.answering.set()
+    assert service.wait() in (0, -signal.SIGTERM)
+
+    # The delivery was finished and committed before the exit: a restart sends nothing.
+    restarted = processes(port=service.port, TRACECAT_RESYNC_INTERVAL_SECONDS="0").wait_ready()
+    (row,) = deliveries(restarted.url, subscribed)
+    assert row["status"] == "delivered" and row["attempts"] == 1
+    assert message_ids(subscribed, receiver.received()) == Counter([message])
 
 
 async def _deliver_after_the_lease(database_url: str, settings: Settings) -> list[Any]:
