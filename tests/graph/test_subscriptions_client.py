@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.graph.test_teams_client import ALERTS, PRIVATE, SECOPS, EmulatedTeams
+from tests.graph.emulated import ALERTS, PRIVATE, SECOPS, EmulatedTeams
 from tests.utils.graph_sign_in import graph_token
 from tests.utils.polling import eventually
 from tests.utils.server import CONTROL_HEADERS
