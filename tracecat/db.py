@@ -7,8 +7,10 @@ drivers are this module's business.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,11 @@ class Database:
         self._sqlite_reader = _sqlite_reader(self.engine) if is_sqlite(self.engine) else None
         if self._sqlite_reader is not None:
             _attach_keyring(self._sqlite_reader, keyring)
+        # SQLite: this process's transactions take turns here, in arrival order (see session).
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._has_turn: ContextVar[bool] = ContextVar(f"tracecat-db-turn-{id(self)}", default=False)
 
     async def fetch_all(
         self, query: Executable, params: dict[str, Any] | None = None
@@ -206,8 +213,28 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessionmaker() as session:
-            yield session
+        """A session; on SQLite it waits for this process's turn first.
+
+        Every SQLite transaction takes the database's one write lock at BEGIN. Left to
+        SQLite, waiters poll for it with sleeps of up to 100 ms, and a burst (Microsoft
+        posting 200 notifications a second) queues for seconds. Taking turns here first,
+        first come first served, hands the lock straight on; other processes on the same
+        file still meet SQLite's wait. A task already in a session does not queue again
+        (a nested session must not wait for its own parent).
+        """
+        if self._sqlite_reader is None or self._has_turn.get():
+            async with self.sessionmaker() as session:
+                yield session
+            return
+        loop = asyncio.get_running_loop()
+        turn = self._turns.setdefault(loop, asyncio.Lock())
+        async with turn:
+            token = self._has_turn.set(True)
+            try:
+                async with self.sessionmaker() as session:
+                    yield session
+            finally:
+                self._has_turn.reset(token)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
