@@ -4,29 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from tests.graph.emulated import EmulatedTeams, sign_in
-from tests.utils.server import CONTROL_HEADERS
-from tracecat.config import Settings, get_settings
-from tracecat.emulator.constants import DEMO_USERS
+from tests.graph.emulated import EmulatedTeams, signed_in_bench
+from tracecat.config import get_settings
 from tracecat.emulator.server import EmulatorServer
 
 
 @pytest.fixture
 def emulated(emulator: EmulatorServer) -> Iterator[EmulatedTeams]:
-    with httpx.Client(
-        base_url=f"{emulator.http_url}/_emulator", headers=CONTROL_HEADERS, timeout=10
-    ) as control:
-        control.post("/reset").raise_for_status()
-        settings = Settings(
-            microsoft_graph_url=emulator.graph_url, microsoft_ca_bundle=emulator.ca_bundle
-        )
-        teams = EmulatedTeams(emulator, sign_in(emulator, DEMO_USERS[0]), settings, control)
-        # Off unless a test is about pacing: several sends to one channel within a second
-        # would otherwise be refused (1 message per second per channel, as on Teams).
-        teams.configure(throttling={"enabled": False})
+    with signed_in_bench(emulator, EmulatedTeams) as teams:
         yield teams
 
 

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from tests.utils.graph_sign_in import graph_token
+from tests.utils.server import CONTROL_HEADERS
 from tracecat.auth.integrations.microsoft import MicrosoftTeamsClient
 from tracecat.config import Settings
+from tracecat.emulator.constants import DEMO_USERS
 from tracecat.emulator.demo_data import JOINED_TEAMS, PRIVATE_TEAMS, channel_id_for, team_id_for
 from tracecat.emulator.server import EmulatorServer
 from tracecat.graph.pacing import InProcessPacer
@@ -100,3 +104,23 @@ class EmulatedTeams:
 def sign_in(emulator: EmulatorServer, email: str) -> str:
     """The auth code flow through MSAL for the demo app's scopes."""
     return graph_token(emulator, email)
+
+
+E = TypeVar("E", bound=EmulatedTeams)
+
+
+@contextmanager
+def signed_in_bench(emulator: EmulatorServer, kind: type[E], **config: Any) -> Iterator[E]:
+    """A reset emulator, the first demo user signed in, `config` patched in (throttling off
+    unless a test is about pacing: several sends to one channel within a second would be
+    refused, 1 message per second per channel, as on Teams)."""
+    with httpx.Client(
+        base_url=f"{emulator.http_url}/_emulator", headers=CONTROL_HEADERS, timeout=10
+    ) as control:
+        control.post("/reset").raise_for_status()
+        settings = Settings(
+            microsoft_graph_url=emulator.graph_url, microsoft_ca_bundle=emulator.ca_bundle
+        )
+        bench = kind(emulator, sign_in(emulator, DEMO_USERS[0]), settings, control)
+        bench.configure(**{"throttling": {"enabled": False}, **config})
+        yield bench

@@ -16,12 +16,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.graph.emulated import ALERTS, PRIVATE, SECOPS, EmulatedTeams
+from tests.graph.emulated import ALERTS, PRIVATE, SECOPS, EmulatedTeams, signed_in_bench
 from tests.utils.graph_sign_in import graph_token
 from tests.utils.polling import eventually
-from tests.utils.server import CONTROL_HEADERS
 from tests.utils.webhook import Receiver, running_receiver
-from tracecat.config import Settings
 from tracecat.emulator.constants import DEMO_USERS
 from tracecat.emulator.server import EmulatorServer
 from tracecat.exceptions import BadRequestError, DeliveryUnknownError, GraphError
@@ -60,18 +58,8 @@ class Emulated(EmulatedTeams):
 
 @pytest.fixture
 def emulated(emulator: EmulatorServer) -> Iterator[Emulated]:
-    with httpx.Client(
-        base_url=f"{emulator.http_url}/_emulator", headers=CONTROL_HEADERS, timeout=10
-    ) as control:
-        control.post("/reset").raise_for_status()
-        settings = Settings(
-            microsoft_graph_url=emulator.graph_url, microsoft_ca_bundle=emulator.ca_bundle
-        )
-        emulated = Emulated(emulator, graph_token(emulator, DEMO_USERS[0]), settings, control)
-        emulated.configure(
-            throttling={"enabled": False},
-            notifications={"retry_delays": [0.05], "timeout_seconds": 5},
-        )
+    notifications = {"retry_delays": [0.05], "timeout_seconds": 5}
+    with signed_in_bench(emulator, Emulated, notifications=notifications) as emulated:
         yield emulated
 
 
