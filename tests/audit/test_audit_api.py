@@ -4,8 +4,10 @@ the cursor, other users' events never shown, bad input a 422. Both databases."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -14,6 +16,8 @@ from tests.audit.support import AUDIT, audit_page, events, names, stored_events
 from tests.auth.integrations.test_refresh import connect_inside_margin
 from tests.conftest import Api
 from tests.utils.flows import connect, query, sign_in, start_connect
+from tracecat.audit.models import AuditRecord
+from tracecat.db import Database
 
 BASE = "/auth/integrations/microsoft"
 MS_USER = "alice@contoso.example"
@@ -203,3 +207,28 @@ def test_an_api_key_is_required_and_the_answer_is_in_openapi(api: Api) -> None:
     page = schema["components"]["schemas"]["AuditPageResponse"]
     assert set(page["properties"]) == {"events", "next"}
     assert set(schema["components"]["schemas"]["AuditEventResponse"]["properties"]) == EVENT_KEYS
+
+
+def test_an_event_a_newer_version_recorded_is_still_shown(api: Api) -> None:
+    """During a rolling upgrade an older instance reads events it has no name for."""
+    user = api.user("analyst@example.com")
+
+    async def insert() -> None:
+        database = Database(api.database_url)
+        try:
+            async with database.session() as session, session.begin():
+                session.add(
+                    AuditRecord(
+                        occurred_at=datetime.now(UTC),
+                        user_id=uuid.UUID(user.id),
+                        event="calendar.connected",
+                        outcome="later",
+                        actor="robot",
+                    )
+                )
+        finally:
+            await database.dispose()
+
+    asyncio.run(insert())
+    (event,) = [e for e in events(api.url, user) if e["event"] == "calendar.connected"]
+    assert event["outcome"] == "later" and event["actor"] == "robot"

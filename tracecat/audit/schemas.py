@@ -13,9 +13,11 @@ from tracecat.audit.models import AuditActor, AuditEvent, AuditOutcome, AuditRec
 class AuditEventResponse(BaseModel):
     id: uuid.UUID
     occurred_at: datetime
-    event: AuditEvent
-    outcome: AuditOutcome
-    actor: AuditActor
+    # Plain strings, not enums: an event a newer instance recorded (during a rolling
+    # upgrade) must still be readable by an older one.
+    event: str = Field(description="one of: " + ", ".join(AuditEvent))
+    outcome: str = Field(description="one of: " + ", ".join(AuditOutcome))
+    actor: str = Field(description="who acted, one of: " + ", ".join(AuditActor))
     user_id: uuid.UUID | None = Field(description="null once the user is deleted")
     subject: str | None = Field(description="the user's email when the event was recorded")
     client_address: str | None
@@ -26,9 +28,9 @@ class AuditEventResponse(BaseModel):
         return cls(
             id=row.id,
             occurred_at=row.occurred_at,
-            event=AuditEvent(row.event),
-            outcome=AuditOutcome(row.outcome),
-            actor=AuditActor(row.actor),
+            event=row.event,
+            outcome=row.outcome,
+            actor=row.actor,
             user_id=row.user_id,
             subject=row.subject,
             client_address=row.client_address,
