@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -180,6 +181,10 @@ def serve(
     # The app writes its own access log (tracecat.middleware), the same with or without
     # the in-process emulator, whose uvicorn would silence the shared `uvicorn.access`.
     options: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False}
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again for its old handler:
+    # with the default one the process would die there, before the log lines still queued
+    # are written (atexit). This handler exits with the shell's code for SIGTERM, 143.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if workers == 1:
             uvicorn.run(create_app(settings), **options, **server_options())
@@ -218,6 +223,10 @@ def settings_environment(settings: Settings, fields: set[str]) -> dict[str, str]
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         environment[name.upper()] = text
     return environment
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def worker_app() -> Any:
