@@ -16,8 +16,9 @@ from prometheus_client import REGISTRY
 from tracecat.config import Settings
 from tracecat.exceptions import DeliveryUnknownError, GraphError
 from tracecat.graph.pacing import InProcessPacer, RedisPacer
+from tracecat.graph.responses import graph_error, retry_after
 from tracecat.graph.teams import MicrosoftTeamsClient
-from tracecat.graph.transport import GraphPool, RetryPolicy, graph_error, retry_after
+from tracecat.graph.transport import GraphPool, RetryPolicy
 
 GRAPH = "https://graph.test/v1.0"
 ME = {"id": "user-1", "displayName": "Alice"}

@@ -22,7 +22,8 @@ from typing import Any
 from tracecat.exceptions import BadRequestError, GraphError
 from tracecat.graph.ids import require_segment, segment
 from tracecat.graph.resources import Subscription
-from tracecat.graph.transport import GraphClient, parse
+from tracecat.graph.responses import parse
+from tracecat.graph.transport import GraphClient
 
 # Characters a raw id cannot hold inside a resource string without changing its meaning
 # (a query, a fragment, Graph's key syntax `teams('id')`, an escape), besides whitespace.

@@ -12,7 +12,8 @@ from tracecat.graph.ids import segment
 from tracecat.graph.messages import MessageOptions, build_message
 from tracecat.graph.pacing import Pacer, pacer_from_settings
 from tracecat.graph.resources import Channel, ChatMessage, GraphUser, Team
-from tracecat.graph.transport import GraphClient, RetryPolicy, origin, parse
+from tracecat.graph.responses import origin, parse
+from tracecat.graph.transport import GraphClient, RetryPolicy
 
 # Graph's largest page of channel messages.
 MAX_MESSAGES_PAGE = 50
