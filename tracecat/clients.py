@@ -15,6 +15,12 @@ from starlette.requests import HTTPConnection
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def request_address(connection: HTTPConnection) -> str | None:
+    """The caller of a request to the app, by the app's TRACECAT_TRUSTED_PROXIES."""
+    settings = connection.app.state.resources.settings
+    return client_address(connection, settings.tracecat_trusted_proxies)
+
+
 def client_address(connection: HTTPConnection, trusted: Sequence[Network]) -> str | None:
     peer = connection.client.host if connection.client else None
     if peer is None or not _trusted(peer, trusted):

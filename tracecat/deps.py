@@ -9,7 +9,7 @@ from fastapi.security import HTTPBearer
 
 from tracecat.auth.integrations.service import IntegrationService
 from tracecat.auth.service import Principal, authenticate
-from tracecat.clients import client_address
+from tracecat.clients import request_address
 from tracecat.exceptions import AuthenticationError
 from tracecat.resources import AppResources
 from tracecat.web.pages import Pages
@@ -24,7 +24,7 @@ class ApiKeyBearer(HTTPBearer):
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise AuthenticationError("missing API key: send `Authorization: Bearer <api key>`")
         resources: AppResources = request.app.state.resources
-        address = client_address(request, resources.settings.tracecat_trusted_proxies)
+        address = request_address(request)
         await resources.rate_limits.refuse_if_blocked(address)
         try:
             principal = await authenticate(

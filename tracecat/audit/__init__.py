@@ -2,5 +2,5 @@
 
 `models.py` (the `audit_events` table and the event names), `service.py` (`AuditLog`:
 record, list with a keyset cursor, prune), `router.py` and `schemas.py` (`GET
-/auth/integrations/audit`), `context.py` (the client address of a request).
+/auth/integrations/audit`); the client address comes from `tracecat/clients.py`.
 """

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
 
-from tracecat.audit.context import request_address
+from tracecat.clients import request_address
 from tracecat.deps import CurrentUser, ResourcesDep
 from tracecat.notifications.schemas import (
     CreateSubscriptionRequest,

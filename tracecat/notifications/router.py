@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
 
-from tracecat.audit.context import request_address
+from tracecat.clients import request_address
 from tracecat.deps import ResourcesDep
 from tracecat.exceptions import BadRequestError
 from tracecat.notifications import inbound

@@ -15,11 +15,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from tracecat.audit.context import request_address
 from tracecat.auth.integrations.router import BROWSER_COOKIE, BROWSER_COOKIE_PATH
 from tracecat.auth.integrations.schemas import StatusResponse
 from tracecat.auth.integrations.service import browser_id_from
-from tracecat.clients import client_address
+from tracecat.clients import request_address
 from tracecat.deps import PagesDep, ResourcesDep
 from tracecat.exceptions import AuthenticationError, NotFoundError, TracecatError
 from tracecat.graph.ids import require_segment
@@ -44,7 +43,7 @@ RECENT_MESSAGES = 20
 async def web_user(request: Request, resources: ResourcesDep) -> WebUser:
     user = await resources.web_sessions.resolve(request.cookies.get(SESSION_COOKIE))
     # A session spends its API key's budget: pages are no way around the rate limit.
-    address = client_address(request, resources.settings.tracecat_trusted_proxies)
+    address = request_address(request)
     await resources.rate_limits.count_request(str(user.principal.key_id), user.id, address)
     return user
 
@@ -112,7 +111,7 @@ async def sign_in(
     if _from_another_site(request):
         return pages.render("index.html", 403, error="Sign in from this page, not another site.")
     sessions: WebSessions = resources.web_sessions
-    address = client_address(request, resources.settings.tracecat_trusted_proxies)
+    address = request_address(request)
     await resources.rate_limits.refuse_if_blocked(address)
     try:
         token = await sessions.open(api_key)

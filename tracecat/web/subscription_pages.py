@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from tracecat.audit.context import request_address
+from tracecat.clients import request_address
 from tracecat.exceptions import TracecatError
 from tracecat.notifications.api import get_notification_service
 from tracecat.notifications.models import NotificationSubscription, WebhookDelivery
 from tracecat.notifications.service import NotificationService
 from tracecat.web import present
-from tracecat.web.emulator import EmulatorControl
+from tracecat.web.emulator import demo_receiver_url
 from tracecat.web.router import CheckedUser, Page, PageDep, see_other
 
 router = APIRouter(include_in_schema=False)
@@ -56,8 +56,6 @@ async def _list_page(
     except TracecatError as problem:
         error = error or present.error_in_words(problem)
     now = page.resources.clock.now()
-    settings = page.resources.settings
-    demo = EmulatorControl.for_settings(settings) and EmulatorControl.demo_receiver_url(settings)
     return page.render(
         "subscriptions.html",
         "subscriptions",
@@ -70,7 +68,7 @@ async def _list_page(
         error=error,
         notice=notice,
         confirm_delete=confirm_delete,
-        receiver_url=demo,
+        receiver_url=demo_receiver_url(page.resources.settings),
     )
 
 

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 from pydantic import TypeAdapter
 
-from tracecat.audit.context import request_address
 from tracecat.auth.integrations.models import MICROSOFT_TEAMS
 from tracecat.auth.integrations.schemas import (
     ConnectResponse,
@@ -17,6 +16,7 @@ from tracecat.auth.integrations.schemas import (
     StatusResponse,
 )
 from tracecat.auth.integrations.service import browser_id_from
+from tracecat.clients import request_address
 from tracecat.deps import CurrentUser, IntegrationServiceDep, PagesDep
 from tracecat.exceptions import TracecatError
 from tracecat.graph.ids import require_segment
