@@ -107,12 +107,12 @@ class EdgeMiddleware:
             return message
 
         try:
-            length = _announced_length(scope)
+            length, chunked = _body_framing(scope)
             if length is not None and length > self.max_body_bytes:
                 await refuse_body()
                 return
             app_receive: Receive = counted_receive
-            if length is None and _chunked(scope):
+            if length is None and chunked:
                 # No length announced: read it all first (at most the limit), so a body
                 # over it is refused even where the route would not have read it.
                 buffered = await _read_all(counted_receive)
@@ -148,18 +148,19 @@ class EdgeMiddleware:
                 )
 
 
-def _announced_length(scope: Scope) -> int | None:
+def _body_framing(scope: Scope) -> tuple[int | None, bool]:
+    """The announced Content-Length (None without one) and whether a Transfer-Encoding is
+    sent, in one pass over the headers (this runs on every request)."""
+    length, chunked = None, False
     for name, value in scope["headers"]:
-        if name == b"content-length":
+        if name == b"content-length" and length is None:
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return 0  # the server refuses a malformed length itself
-    return None
-
-
-def _chunked(scope: Scope) -> bool:
-    return any(name == b"transfer-encoding" for name, _ in scope["headers"])
+                length = 0  # the server refuses a malformed length itself
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
 
 
 async def _read_all(receive: Receive) -> list[Message]:

@@ -11,7 +11,7 @@ import httpx
 from tests.audit.support import events, names, stored_events
 from tests.auth.integrations.test_secrets import _stored_tokens
 from tests.conftest import Api
-from tests.notifications.conftest import Receiver
+from tests.notifications.conftest import Receiver, make_subscription
 from tests.notifications.test_inbound import CLIENT_STATE, GRAPH_ID, NOTIFICATIONS, change
 from tests.notifications.test_subscriptions_api import (
     READ_MESSAGES,
@@ -22,8 +22,6 @@ from tests.notifications.test_subscriptions_api import (
 from tests.utils.dump import raw_dump
 from tests.utils.flows import ApiUser, sign_in, start_connect
 from tracecat.db import Database
-from tracecat.notifications.models import NotificationSubscription
-from tracecat.notifications.signing import new_secret
 
 BASE = "/auth/integrations/microsoft"
 
@@ -53,17 +51,13 @@ def test_subscription_changes_are_recorded(api: Api, receiver: Receiver) -> None
 
 
 async def _subscription_of(database: Database, user: ApiUser) -> uuid.UUID:
-    async with database.session() as session, session.begin():
-        row = NotificationSubscription(
-            user_id=uuid.UUID(user.id),
-            team_id="team-1",
-            channel_id="19:channel@thread.tacv2",
-            target_url="https://hooks.example.com/x",
-            graph_subscription_id=GRAPH_ID,
-            client_state=CLIENT_STATE,
-            secret=new_secret(),
-        )
-        session.add(row)
+    row = await make_subscription(
+        database,
+        "https://hooks.example.com/x",
+        uuid.UUID(user.id),
+        graph_subscription_id=GRAPH_ID,
+        client_state=CLIENT_STATE,
+    )
     return row.id
 
 

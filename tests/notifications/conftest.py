@@ -48,13 +48,15 @@ async def app_database(api: Api) -> AsyncIterator[Database]:
 
 
 async def make_subscription(
-    database: Database, target_url: str, **columns: object
+    database: Database, target_url: str, user_id: uuid.UUID | None = None, **columns: object
 ) -> NotificationSubscription:
-    """A user and an active subscription of theirs to one channel."""
+    """An active subscription to one channel, of `user_id` or of a new user."""
     async with database.session() as session, session.begin():
-        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com")
-        session.add(user)
-        await session.flush()
+        if user_id is None:
+            user = User(email=f"{uuid.uuid4().hex[:8]}@example.com")
+            session.add(user)
+            await session.flush()
+            user_id = user.id
         values: dict[str, object] = {
             "team_id": "team-1",
             "channel_id": "19:channel@thread.tacv2",
@@ -62,7 +64,7 @@ async def make_subscription(
             "secret": new_secret(),
             **columns,
         }
-        subscription = NotificationSubscription(user_id=user.id, target_url=target_url, **values)
+        subscription = NotificationSubscription(user_id=user_id, target_url=target_url, **values)
         session.add(subscription)
     return subscription
 

@@ -14,13 +14,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from tests.conftest import ENCRYPTION_KEY, Api
+from tests.conftest import Api
+from tests.notifications.conftest import make_subscription, open_database
 from tests.utils.flows import ApiUser
 from tests.web.test_page_words import words
 from tests.web.test_sessions import new_browser, signed_in
-from tracecat.crypto import Keyring
-from tracecat.db import Database
-from tracecat.notifications.models import NotificationSubscription
 from tracecat.notifications.signing import new_secret, webhook_headers
 
 
@@ -32,20 +30,16 @@ def browser(api: Api) -> Iterator[httpx.Client]:
 
 def subscribe_in_db(api: Api, user: ApiUser, secret: str) -> str:
     async def insert() -> str:
-        database = Database(api.database_url, keyring=Keyring([ENCRYPTION_KEY]))
+        database = open_database(api.database_url)
         try:
-            async with database.session() as session, session.begin():
-                row = NotificationSubscription(
-                    user_id=uuid.UUID(user.id),
-                    team_id="team",
-                    channel_id="19:channel@thread.tacv2",
-                    target_url="http://127.0.0.1/demo/receiver",
-                    client_state="client-state-" + uuid.uuid4().hex,
-                    secret=secret,
-                )
-                session.add(row)
-                await session.flush()
-                return str(row.id)
+            row = await make_subscription(
+                database,
+                "http://127.0.0.1/demo/receiver",
+                uuid.UUID(user.id),
+                client_state="client-state-" + uuid.uuid4().hex,
+                secret=secret,
+            )
+            return str(row.id)
         finally:
             await database.dispose()
 

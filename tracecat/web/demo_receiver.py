@@ -28,7 +28,7 @@ from tracecat.notifications.signing import signing_secrets
 from tracecat.web import present
 from tracecat.web.demo_inbox import DemoInbox, Received
 from tracecat.web.emulator import DEMO_RECEIVER_PATH as PATH
-from tracecat.web.emulator import EmulatorControl
+from tracecat.web.emulator import EmulatorControl, demo_receiver_url
 from tracecat.web.router import PageDep
 from tracecat.web.subscription_pages import Service
 
@@ -59,7 +59,7 @@ async def receive(request: Request, resources: ResourcesDep, _: Emulator) -> Res
 @router.get(PATH, response_class=HTMLResponse)
 async def inbox(page: PageDep, service: Service, _: Emulator) -> Response:
     received = await _shown(page.resources.demo_inbox, service, page.user.id, page.resources.clock)
-    url = EmulatorControl.demo_receiver_url(page.resources.settings)
+    url = demo_receiver_url(page.resources.settings)
     return page.render(
         "demo_receiver.html", "receiver", title="Demo receiver", received=received, receiver_url=url
     )
@@ -86,12 +86,13 @@ async def _shown(
     """The webhooks naming the person's subscriptions, each checked as a receiver would."""
     shown = []
     now = clock.now()
+    # One read of the person's subscriptions for the whole table, not one per webhook.
+    theirs = {str(row.id): row for row in await service.list_subscriptions(user_id)}
     for received in inbox.newest_first():
         event = _json(received.body)
         data = _object(event.get("data"))
-        try:
-            subscription = await service.get(user_id, str(data.get("subscription_id", "")))
-        except NotFoundError:
+        subscription = theirs.get(str(data.get("subscription_id", "")))
+        if subscription is None:
             continue  # not theirs, or not ours at all
         message = _object(data.get("message"))
         sender = _object(_object(message.get("from")).get("user")).get("displayName")

@@ -26,14 +26,6 @@ class EmulatorControl:
             return None
         return cls(settings.microsoft_authority_host.rstrip("/") + "/_emulator")
 
-    @staticmethod
-    def demo_receiver_url(settings: Settings) -> str | None:
-        """Where Microsoft's notifications reach us, the demo receiver (`demo_receiver.py`)
-        listens too: the URL a newcomer subscribes."""
-        if settings.tracecat_public_url is None:
-            return None
-        return settings.tracecat_public_url.rstrip("/") + DEMO_RECEIVER_PATH
-
     async def post_as_someone_else(self, pool: GraphPool, team_id: str, channel_id: str) -> None:
         """The emulator stores it like a Graph post and notifies the channel's subscribers."""
         team, channel = quote(team_id, safe=""), quote(channel_id, safe="")
@@ -43,3 +35,11 @@ class EmulatorControl:
         )
         if response.status_code >= 300:
             raise UpstreamError(f"the emulator refused the test message ({response.status_code})")
+
+
+def demo_receiver_url(settings: Settings) -> str | None:
+    """With the emulator only: where Microsoft's notifications reach us, the demo receiver
+    (`demo_receiver.py`) listens too; the URL a newcomer subscribes."""
+    if EmulatorControl.for_settings(settings) is None or settings.tracecat_public_url is None:
+        return None
+    return settings.tracecat_public_url.rstrip("/") + DEMO_RECEIVER_PATH
